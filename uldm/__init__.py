@@ -20,7 +20,11 @@ from .nullspace import ObservableSplit, rgb_reprojection_error
 from .spectral import DEFAULT_GRID, SpectralGrid, SpectralGridError
 
 # name -> module that defines it, imported on first access
-_LAZY = {}
+_LAZY = {
+    "save_cube": ".io",
+    "load_cube": ".io",
+    "evaluate_cube": ".metrics",
+}
 
 
 def __getattr__(name: str) -> Any:

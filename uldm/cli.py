@@ -1,2 +1,151 @@
-def main():
-    pass
+"""The `uldm` command. Each subcommand is an `add_*` function that registers its parser and its handler."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+# ------------------------------------------------------------------------------------------ shared options
+def add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
+    """--data/--format/--split/--split-file: which ground-truth scenes a command reads."""
+    parser.add_argument("--data", required=True, type=Path, help="dataset root (CAVE folders, ARAD .mat, or .h5 cubes)")
+    parser.add_argument("--format", choices=["cave", "arad", "h5"], default="cave", help="dataset layout (default: cave)")
+    parser.add_argument("--split", choices=["train", "val", "all"], default=default_split,
+                        help=f"CAVE split (README of the data; default: {default_split}); ignored with --split-file")
+    parser.add_argument("--split-file", type=Path, help="text file with one scene name per line")
+
+
+def add_camera_arguments(parser: argparse.ArgumentParser) -> None:
+    """--camera and the NTIRE-style degradation of the rendered RGB."""
+    parser.add_argument("--camera", default="nikon5100", help="camera preset or CSV (wavelength,r,g,b); default nikon5100")
+    parser.add_argument("--noise-photons", type=float, help="Poisson shot noise: photo-electrons at value 1.0")
+    parser.add_argument("--bit-depth", type=int, help="quantise the RGB to this many bits (NTIRE: 8)")
+    parser.add_argument("--jpeg-quality", type=int, help="JPEG-compress the RGB at this quality")
+
+
+def select_scenes(args: argparse.Namespace) -> list[Path]:
+    from .data import cave_split, list_scenes, read_split_file, select_scenes as pick
+
+    paths = list_scenes(args.data, args.format)
+    if args.split_file is not None:
+        return pick(paths, read_split_file(args.split_file))
+    if args.split == "all":
+        return paths
+    if args.format != "cave":
+        raise SystemExit("error: --split train/val is defined for CAVE only; give --split-file or --split all")
+    return cave_split(args.data)[args.split]
+
+
+def camera_and_degradation(args: argparse.Namespace):
+    from .camera import CameraResponse
+    from .degradation import Degradation
+
+    degradation = Degradation(photons=args.noise_photons, bit_depth=args.bit_depth, jpeg_quality=args.jpeg_quality)
+    return CameraResponse.load(args.camera), degradation
+
+
+# ------------------------------------------------------------------------------------------------- info
+def add_info(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("info", help="version, camera presets and dataset formats")
+    parser.set_defaults(handler=run_info)
+
+
+def run_info(args: argparse.Namespace) -> int:
+    from . import __version__, available_cameras
+    from .spectral import DEFAULT_GRID
+
+    print(f"uldm {__version__}")
+    print(f"spectral grid: {DEFAULT_GRID}")
+    print("camera presets: " + ", ".join(available_cameras()) + " (or a CSV: wavelength,r,g,b)")
+    print("dataset formats: cave (native PNG folders), arad (NTIRE 2022 .mat v7.3), h5 (uldm .h5/.npz/.npy cubes)")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- baseline
+def add_baseline(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("baseline", help="root-polynomial regression baseline: fit / evaluate")
+    actions = parser.add_subparsers(dest="action", required=True)
+
+    fit = actions.add_parser("fit", help="least-squares fit on training scenes")
+    add_data_arguments(fit, default_split="train")
+    add_camera_arguments(fit)
+    fit.add_argument("-o", "--output", required=True, type=Path, help="where to write the fitted .npz")
+    fit.set_defaults(handler=run_baseline_fit)
+
+    evaluate = actions.add_parser("evaluate", help="score a fitted baseline on ground-truth scenes")
+    evaluate.add_argument("--model", required=True, type=Path, help=".npz written by `uldm baseline fit`")
+    add_data_arguments(evaluate, default_split="val")
+    add_camera_arguments(evaluate)
+    add_report_arguments(evaluate)
+    evaluate.set_defaults(handler=run_baseline_evaluate, camera=None)
+
+
+def add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--crop", type=int, default=0, help="score the central crop: drop this many pixels per side (NTIRE ARAD: 128)")
+    parser.add_argument("--json", type=Path, help="write per-scene and mean metrics as JSON")
+    parser.add_argument("--save-dir", type=Path, help="keep the reconstructed cubes here (HDF5, same scene names)")
+
+
+def run_baseline_fit(args: argparse.Namespace) -> int:
+    from .baseline import RootPolynomialRegression
+
+    camera, degradation = camera_and_degradation(args)
+    scenes = select_scenes(args)
+    model = RootPolynomialRegression.fit_scenes(scenes, camera, degradation=degradation, format=args.format)
+    model.save(args.output)
+    print(f"fitted on {len(scenes)} scenes with {camera.name}; wrote {args.output}")
+    return 0
+
+
+def run_baseline_evaluate(args: argparse.Namespace) -> int:
+    from .baseline import RootPolynomialRegression
+
+    model = RootPolynomialRegression.load(args.model)
+    if args.camera is not None and args.camera != model.camera.name:
+        print(f"note: the baseline was fitted for {model.camera.name}; rendering with that camera")
+    args.camera = model.camera
+    camera, degradation = camera_and_degradation(args)
+    return report(model, select_scenes(args), camera, degradation, args)
+
+
+def report(reconstruct, scenes, camera, degradation, args: argparse.Namespace) -> int:
+    """Evaluate, print the table, write JSON if asked: shared by every `evaluate` command."""
+    from .evaluation import evaluate
+
+    result = evaluate(reconstruct, scenes, camera, format=args.format, degradation=degradation,
+                      crop=args.crop, save_dir=args.save_dir)
+    print(result.table())
+    if args.json is not None:
+        result.save_json(args.json)
+        print(f"wrote {args.json}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- main
+SUBCOMMANDS = (add_info, add_baseline)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uldm", description="RGB-to-hyperspectral reconstruction (ULDM)")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in SUBCOMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, OSError) as exc:  # our errors say what went wrong and where: no traceback needed
+        print(f"uldm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Shared fixtures. Each is a plain named function; add yours below with a docstring saying what it writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REAL_CAVE_ROOT = REPO.parent / "shared" / "data" / "cave"
+
+
+# ------------------------------------------------------------------------------------------------ datasets
+TINY_CAVE_SIZE = 16
+TINY_CAVE_BANDS = 31
+
+
+def _tiny_cave_counts() -> dict[str, np.ndarray]:
+    """Integer band values (H x W x 31) of the tiny CAVE scenes, as stored in their PNGs."""
+    y, x, k = np.meshgrid(
+        np.arange(TINY_CAVE_SIZE), np.arange(TINY_CAVE_SIZE), np.arange(1, TINY_CAVE_BANDS + 1), indexing="ij"
+    )
+    return {
+        # 16-bit: the band index dominates, so band order is checkable; y and x differ, so orientation is too.
+        "balloons_ms": (1000 * k + 16 * y + x).astype(np.uint16),
+        "cd_ms": (2000 * k + 7 * y).astype(np.uint16),
+        # 8-bit, stored as RGBA like CAVE's watercolors_ms: the band is the first channel.
+        "watercolors_ms": (8 * k + (x % 4)).astype(np.uint8),
+    }
+
+
+@pytest.fixture
+def tiny_cave_cubes() -> dict[str, np.ndarray]:
+    """The float32 cubes (16 x 16 x 31, in [0, 1]) that `tiny_cave_root` writes, by scene name."""
+    return {
+        name: counts.astype(np.float32) / np.float32(65535 if counts.dtype == np.uint16 else 255)
+        for name, counts in _tiny_cave_counts().items()
+    }
+
+
+@pytest.fixture
+def tiny_cave_root(tmp_path: Path) -> Path:
+    """A CAVE root in the native nested layout `<scene>_ms/<scene>_ms/<scene>_ms_01.png` with three 16x16
+    scenes: `balloons_ms` and `cd_ms` as 16-bit greyscale PNGs, `watercolors_ms` as 8-bit RGBA (the real
+    database's quirk; other channels hold decoys). Each scene also has a `<scene>_RGB.bmp` to be ignored."""
+    from PIL import Image
+
+    root = tmp_path / "cave"
+    for name, counts in _tiny_cave_counts().items():
+        folder = root / name / name
+        folder.mkdir(parents=True)
+        for band in range(TINY_CAVE_BANDS):
+            plane = counts[..., band]
+            if plane.dtype == np.uint8:
+                decoy = 255 - plane
+                image = Image.fromarray(np.stack([plane, decoy, decoy, np.full_like(plane, 255)], -1))  # RGBA
+            else:
+                image = Image.fromarray(plane)  # uint16 -> mode I;16
+            image.save(folder / f"{name}_{band + 1:02d}.png")
+        Image.new("RGB", (TINY_CAVE_SIZE, TINY_CAVE_SIZE), (200, 10, 10)).save(folder / f"{name[:-3]}_RGB.bmp")
+    return root
+
+
+MATLAB_V73_HEADER = b"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: Mon Jan  1 00:00:00 2024 HDF5 schema 1.00 ."
+
+
+def _write_mat_v73(path: Path, cube_hwb: np.ndarray, bands: np.ndarray) -> Path:
+    """Write a cube the way MATLAB's `save -v7.3` does: HDF5 with a 512-byte MAT header, arrays transposed
+    (so `cube` is B x W x H on disk), and `bands` as a 1 x B row vector."""
+    import h5py
+
+    with h5py.File(path, "w", userblock_size=512) as handle:
+        cube = handle.create_dataset("cube", data=np.transpose(cube_hwb, (2, 1, 0)).astype(np.float32))
+        cube.attrs["MATLAB_class"] = np.bytes_("single")
+        rows = handle.create_dataset("bands", data=np.asarray(bands, dtype=np.float64).reshape(1, -1))
+        rows.attrs["MATLAB_class"] = np.bytes_("double")
+    header = MATLAB_V73_HEADER.ljust(116, b" ") + b"\x00" * 8 + b"\x00\x02" + b"IM"
+    with open(path, "r+b") as raw:
+        raw.write(header)
+    return path
+
+
+TINY_ARAD_HEIGHT, TINY_ARAD_WIDTH = 12, 20
+
+
+@pytest.fixture
+def mat_v73_writer():
+    """`writer(path, cube_hwb, bands) -> path`: write any cube as an ARAD-style MATLAB v7.3 .mat."""
+    return _write_mat_v73
+
+
+@pytest.fixture
+def tiny_arad_cube() -> np.ndarray:
+    """The H x W x 31 cube (12 x 20, non-square) in `tiny_arad_mat`: value = k/31 + y/1000 + x/10000 for
+    band k = 0..30, with pixel (0, 0) of the last band at 1.02 (ARAD cubes slightly exceed 1)."""
+    y, x, k = np.meshgrid(np.arange(TINY_ARAD_HEIGHT), np.arange(TINY_ARAD_WIDTH), np.arange(31), indexing="ij")
+    cube = (k / 31 + y / 1000 + x / 10000).astype(np.float32)
+    cube[0, 0, -1] = 1.02
+    return cube
+
+
+@pytest.fixture
+def tiny_arad_mat(tmp_path: Path, tiny_arad_cube: np.ndarray) -> Path:
+    """`ARAD_1K_0001.mat` in the real NTIRE 2022 v7.3 layout holding `tiny_arad_cube`, bands 400-700 nm."""
+    return _write_mat_v73(tmp_path / "ARAD_1K_0001.mat", tiny_arad_cube, np.arange(400.0, 701.0, 10.0))
+
+
+@pytest.fixture
+def cave_root() -> Path:
+    """The real CAVE subset in ../shared/data/cave; skips the test when it is not there."""
+    if not REAL_CAVE_ROOT.is_dir():
+        pytest.skip(f"real CAVE data not found at {REAL_CAVE_ROOT}")
+    return REAL_CAVE_ROOT

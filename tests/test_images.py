@@ -1,0 +1,89 @@
+"""RGB inputs: every file type and array layout people pass, and clear rejections."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from uldm.images import ImageError, linear_to_srgb, load_linear_rgb, save_png16, srgb_to_linear, to_rgb_array
+
+
+@pytest.fixture
+def rgb():
+    """A smooth image (JPEG is meant for those), 6 x 5 x 3 in [0, 1]."""
+    yy, xx = np.mgrid[0:6, 0:5] / 8.0
+    return np.stack([0.2 + yy, 0.3 + xx, 0.9 - yy - xx / 2], axis=-1).astype(np.float32)
+
+
+def test_png16_round_trip_keeps_16_bits(tmp_path, rgb):
+    path = save_png16(tmp_path / "x.png", rgb)
+    back = to_rgb_array(path)
+    assert back.shape == (6, 5, 3)
+    np.testing.assert_allclose(back, rgb, atol=0.5 / 65535 + 1e-7)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".bmp", ".jpg", ".tif"])
+def test_8bit_files_of_every_type(tmp_path, rgb, suffix):
+    path = tmp_path / f"x{suffix}"
+    options = {"quality": 95, "subsampling": 0} if suffix == ".jpg" else {}  # 4:4:4 so we test decoding, not chroma loss
+    Image.fromarray((rgb * 255).round().astype(np.uint8)).save(path, **options)
+    back = to_rgb_array(path)
+    assert back.shape == (6, 5, 3) and back.dtype == np.float32
+    if suffix == ".jpg":  # lossy
+        assert np.abs(back - rgb).max() < 0.02
+    else:
+        assert np.abs(back - rgb).max() <= 0.5 / 255 + 1e-6
+
+
+def test_16bit_tiff(tmp_path, rgb):
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "x.tif", (rgb * 65535).round().astype(np.uint16))
+    np.testing.assert_allclose(to_rgb_array(tmp_path / "x.tif"), rgb, atol=1e-4)
+
+
+def test_arrays_tensors_and_pil_agree(rgb):
+    as_pil = Image.fromarray((rgb * 255).round().astype(np.uint8))
+    expected = to_rgb_array(as_pil)
+    np.testing.assert_allclose(to_rgb_array(np.asarray(as_pil)), expected)
+    np.testing.assert_allclose(to_rgb_array(torch.from_numpy(expected).permute(2, 0, 1)), expected)
+    np.testing.assert_allclose(to_rgb_array(np.moveaxis(expected, -1, 0)), expected)
+
+
+def test_rgba_drops_alpha(rgb):
+    rgba = np.concatenate([rgb, np.ones_like(rgb[..., :1])], axis=-1)
+    np.testing.assert_allclose(to_rgb_array(rgba), rgb)
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((4, 4), np.float32), "greyscale"),
+        (Image.new("L", (4, 4)), "greyscale"),
+        (np.full((4, 4, 3), np.nan, np.float32), "NaN"),
+        (np.zeros((5, 5, 6), np.float32), "expected an RGB image"),
+        (np.full((4, 4, 3), 7.0, np.float32), r"\[0, 1\]"),
+        (np.zeros((4, 4, 3), np.int64), "unsupported pixel type"),
+    ],
+)
+def test_bad_inputs_are_rejected_clearly(bad, message):
+    with pytest.raises(ImageError, match=message):
+        to_rgb_array(bad)
+
+
+def test_corrupt_and_missing_files_name_the_file(tmp_path):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png at all")
+    with pytest.raises(ImageError, match="broken.png"):
+        to_rgb_array(broken)
+    with pytest.raises(ImageError, match="missing.png"):
+        to_rgb_array(tmp_path / "missing.png")
+
+
+def test_srgb_curve_round_trip_and_input_space(rgb):
+    np.testing.assert_allclose(linear_to_srgb(srgb_to_linear(rgb)), rgb, atol=1e-5)
+    assert srgb_to_linear(np.array([0.5]))[0] == pytest.approx(0.21404, abs=1e-4)
+    np.testing.assert_allclose(load_linear_rgb(rgb, "linear"), rgb)
+    np.testing.assert_allclose(load_linear_rgb(rgb, "srgb"), srgb_to_linear(rgb))
+    with pytest.raises(ValueError, match="input_space"):
+        load_linear_rgb(rgb, "adobe")

@@ -1,0 +1,132 @@
+"""RGB images in and out: files (PNG/JPEG/BMP/TIFF, 8 or 16 bit), PIL images, arrays and tensors.
+
+Everything becomes float32 H x W x 3 in [0, 1]. Pillow truncates 16-bit colour PNGs to 8 bits, so PNGs go
+through pypng and TIFFs through tifffile, which keep the full depth.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+InputSpace = Literal["srgb", "linear"]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ImageError(ValueError):
+    """An input image that cannot be used as RGB (grey, wrong shape, NaN, unreadable file)."""
+
+
+def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
+    """Undo the sRGB transfer curve (IEC 61966-2-1), via colour-science."""
+    import colour
+
+    return np.asarray(colour.models.eotf_sRGB(np.clip(rgb, 0.0, 1.0)), dtype=np.float32)
+
+
+def linear_to_srgb(rgb: np.ndarray) -> np.ndarray:
+    import colour
+
+    return np.asarray(colour.models.eotf_inverse_sRGB(np.clip(rgb, 0.0, 1.0)), dtype=np.float32)
+
+
+def _scale_integers(array: np.ndarray, where: str) -> np.ndarray:
+    if array.dtype == np.uint8:
+        return array.astype(np.float32) / 255.0
+    if array.dtype == np.uint16:
+        return array.astype(np.float32) / 65535.0
+    if array.dtype.kind == "f":
+        return array.astype(np.float32)
+    raise ImageError(f"{where}: unsupported pixel type {array.dtype} (expected 8/16-bit integers or floats)")
+
+
+def _read_png(path: Path) -> np.ndarray:
+    import png
+
+    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
+    planes = info["planes"]
+    dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
+    array = np.vstack([np.asarray(row, dtype=dtype) for row in rows]).reshape(height, width, planes)
+    if info["bitdepth"] not in (8, 16):  # 1/2/4-bit palettes come back expanded to their own depth
+        array = (array.astype(np.float32) / (2 ** info["bitdepth"] - 1) * 255).round().astype(np.uint8)
+    return array
+
+
+def read_image_file(path: Union[str, Path]) -> np.ndarray:
+    """Decode a file to its native array (H x W or H x W x C, uint8/uint16/float), errors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ImageError(f"{path}: no such image file")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".png":
+            return _read_png(path)
+        if suffix in (".tif", ".tiff"):
+            import tifffile
+
+            return tifffile.imread(path)
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB") if image.mode in ("P", "CMYK", "YCbCr") else image)
+    except ImageError:
+        raise
+    except Exception as exc:  # decoders raise many types; the file name is what the user needs
+        raise ImageError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+def to_rgb_array(image: Union[np.ndarray, torch.Tensor, Image.Image, str, Path], where: str = "image") -> np.ndarray:
+    """Any supported input -> float32 H x W x 3 in [0, 1] (values as stored: no colour-space change).
+
+    Arrays may be H x W x 3 or 3 x H x W (tensors are taken as 3 x H x W when the first axis has 3 entries).
+    Alpha is dropped; grey images are rejected because they carry no colour to reconstruct spectra from.
+    """
+    if isinstance(image, (str, Path)):
+        where = str(image)
+        image = read_image_file(image)
+    elif isinstance(image, Image.Image):
+        if image.mode in ("I;16", "I;16B", "I", "F", "L", "LA", "1"):
+            raise ImageError(f"{where}: a greyscale image (mode {image.mode}) has no colour to reconstruct spectra from")
+        image = np.asarray(image.convert("RGBA") if image.mode in ("P", "PA") else image)
+    elif isinstance(image, torch.Tensor):
+        tensor = image.detach().cpu()
+        if tensor.ndim == 3 and tensor.shape[0] in (3, 4) and tensor.shape[-1] not in (3, 4):
+            tensor = tensor.permute(1, 2, 0)
+        image = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
+        array = np.moveaxis(array, 0, -1)
+    if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 2)):
+        raise ImageError(f"{where}: a greyscale image has no colour to reconstruct spectra from (shape {array.shape})")
+    if array.ndim != 3 or array.shape[-1] not in (3, 4):
+        raise ImageError(f"{where}: expected an RGB image H x W x 3 (or RGBA), got shape {array.shape}")
+    rgb = _scale_integers(array[..., :3], where)
+    if not np.all(np.isfinite(rgb)):
+        raise ImageError(f"{where}: the image contains NaN or infinite values")
+    if rgb.min() < -1e-3 or rgb.max() > 1 + 1e-3:
+        raise ImageError(f"{where}: float RGB must lie in [0, 1], got range [{rgb.min():.3g}, {rgb.max():.3g}]")
+    return np.clip(rgb, 0.0, 1.0)
+
+
+def load_linear_rgb(image, input_space: InputSpace = "srgb", where: str = "image") -> np.ndarray:
+    """An RGB input as linear float32 H x W x 3: decode, then undo the sRGB curve when `input_space='srgb'`."""
+    if input_space not in ("srgb", "linear"):
+        raise ValueError(f"input_space must be 'srgb' or 'linear', got {input_space!r}")
+    rgb = to_rgb_array(image, where=where)
+    return srgb_to_linear(rgb) if input_space == "srgb" else rgb
+
+
+def save_png16(path: Union[str, Path], rgb: np.ndarray) -> Path:
+    """Write float H x W x 3 in [0, 1] as a 16-bit PNG (atomically)."""
+    import png
+
+    from .io import atomic_write
+
+    path = Path(path)
+    data = np.round(np.clip(rgb, 0.0, 1.0) * 65535).astype(np.uint16)
+    height, width, _ = data.shape
+    with atomic_write(path) as tmp, open(tmp, "wb") as handle:
+        png.Writer(width, height, bitdepth=16, greyscale=False).write(handle, data.reshape(height, width * 3))
+    return path

@@ -1,0 +1,272 @@
+"""Reading and writing spectral cubes in uldm's own formats: HDF5 (with provenance), .npz and .npy.
+
+Cubes are H x W x B float32 with their wavelengths (float64, nm). Every write is atomic: data go to a temporary
+file in the destination folder that replaces the destination only once complete, so an interrupted run never
+leaves a truncated cube behind (nor clobbers an older one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from .spectral import DEFAULT_GRID, SpectralGrid, SpectralGridError
+
+PathLike = Union[str, os.PathLike]
+
+FORMAT_NAME = "uldm-cube"
+FORMAT_VERSION = 1
+HDF5_SUFFIXES = (".h5", ".hdf5")
+SUFFIXES = (*HDF5_SUFFIXES, ".npz", ".npy")
+# Attributes save_cube writes itself; user attrs may not overwrite them.
+_RESERVED_ATTRS = frozenset(
+    {"format", "format_version", "uldm_version", "created", "camera_name", "camera_response", "camera_wavelengths"}
+)
+
+
+class CubeFileError(ValueError):
+    """A cube file is unreadable, malformed, or a cube cannot be written in the requested format."""
+
+
+# ------------------------------------------------------------------------------------------ atomic writes
+@contextlib.contextmanager
+def atomic_write(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path (not yet created) next to `path`; on success it replaces `path`, on error it is removed.
+
+    The temporary name keeps the suffix of `path` (writers that pick a format by extension still work) and
+    starts with a dot. Parent folders are created. The data are flushed to disk before the rename.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp{path.suffix}")
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise FileNotFoundError(f"nothing was written to the temporary file for {path}")
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+# ------------------------------------------------------------------------------------------------ saving
+def _as_numpy(cube: Any) -> np.ndarray:
+    if hasattr(cube, "detach"):  # a torch tensor, without importing torch here
+        cube = cube.detach().cpu().numpy()
+    return np.asarray(cube)
+
+
+def _validated_cube(cube: Any, wavelengths: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    cube = _as_numpy(cube)
+    wl = np.asarray(wavelengths, dtype=np.float64)
+    if cube.ndim != 3:
+        raise CubeFileError(f"a cube must be 3-D (H x W x B), got shape {cube.shape}")
+    if wl.ndim != 1 or wl.size != cube.shape[-1]:
+        raise CubeFileError(f"the cube has {cube.shape[-1]} bands but {wl.size} wavelengths were given")
+    if not np.all(np.isfinite(wl)):
+        raise CubeFileError("wavelengths contain NaN or infinite values")
+    if cube.dtype.kind not in "fiub":
+        raise CubeFileError(f"a cube must be numeric, got dtype {cube.dtype}")
+    cube = cube.astype(np.float32, copy=False)
+    bad = int(np.size(cube) - np.count_nonzero(np.isfinite(cube)))
+    if bad:
+        raise CubeFileError(f"the cube contains {bad} NaN or infinite values; refusing to save it")
+    return cube, wl
+
+
+def _suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise CubeFileError(f"{path}: unknown cube format {path.suffix!r}; use one of {', '.join(SUFFIXES)}")
+    return suffix
+
+
+def _attr_value(key: str, value: Any) -> Any:
+    """Something h5py can store: paths become strings, nested structures JSON text."""
+    if isinstance(value, (str, bool, int, float, np.generic)):
+        return value
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "fiub":
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value):
+        return np.asarray(value, dtype=np.float64)
+    try:
+        return json.dumps(value)
+    except TypeError as exc:
+        raise CubeFileError(f"attribute {key!r}: cannot store a {type(value).__name__} ({exc})") from exc
+
+
+def _provenance(camera: Any, attrs: Optional[Mapping[str, Any]]) -> dict[str, Any]:
+    from . import __version__
+
+    out: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "uldm_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    if camera is not None:
+        out["camera_name"] = camera.name
+        out["camera_response"] = np.asarray(camera.matrix, dtype=np.float64)
+        out["camera_wavelengths"] = camera.grid.as_array()
+    for key, value in (attrs or {}).items():
+        if key in _RESERVED_ATTRS:
+            raise CubeFileError(f"attribute {key!r} is written by save_cube itself; choose another name")
+        if value is not None:
+            out[str(key)] = _attr_value(key, value)
+    return out
+
+
+def save_cube(
+    path: PathLike,
+    cube: Any,
+    wavelengths: Sequence[float],
+    *,
+    camera: Any = None,
+    attrs: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Write an H x W x B cube (as float32) atomically; the format follows the suffix.
+
+    .h5/.hdf5: datasets `cube` (gzip 4) and `wavelengths`, plus attributes: format, format_version,
+    uldm_version, created (UTC), camera_name/camera_response/camera_wavelengths when a `CameraResponse` is
+    given, and `attrs` (provenance such as source image, checkpoint, steps; None values are skipped).
+    .npz: arrays `cube` and `wavelengths`. .npy: the cube alone (camera and attrs are not stored).
+    """
+    path = Path(path)
+    suffix = _suffix(path)
+    cube, wl = _validated_cube(cube, wavelengths)
+    with atomic_write(path) as tmp:
+        if suffix in HDF5_SUFFIXES:
+            _write_hdf5(tmp, cube, wl, _provenance(camera, attrs))
+        elif suffix == ".npz":
+            with open(tmp, "wb") as handle:
+                np.savez(handle, cube=cube, wavelengths=wl)
+        else:
+            with open(tmp, "wb") as handle:
+                np.save(handle, cube)
+    return path
+
+
+def _write_hdf5(path: Path, cube: np.ndarray, wavelengths: np.ndarray, attrs: dict[str, Any]) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        f.create_dataset("cube", data=cube, compression="gzip", compression_opts=4, shuffle=True)
+        f.create_dataset("wavelengths", data=wavelengths)
+        for key, value in attrs.items():
+            try:
+                f.attrs[key] = value
+            except (TypeError, ValueError) as exc:
+                raise CubeFileError(f"attribute {key!r}: HDF5 cannot store {value!r} ({exc})") from exc
+
+
+# ----------------------------------------------------------------------------------------------- loading
+def _default_wavelengths(path: Path, bands: int) -> np.ndarray:
+    """Files without wavelengths: only the project's 31-band 400-700 nm grid can be assumed."""
+    if bands == DEFAULT_GRID.num_bands:
+        return DEFAULT_GRID.as_array()
+    raise CubeFileError(
+        f"{path}: the cube has {bands} bands and the file stores no wavelengths; only {DEFAULT_GRID} "
+        "can be assumed. Save it as .npz or .h5 with its wavelengths"
+    )
+
+
+def _read_hdf5(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "cube" not in f or not isinstance(f["cube"], h5py.Dataset):
+                raise CubeFileError(f"{path}: no 'cube' dataset; the file holds {sorted(f.keys())}")
+            cube = f["cube"][()]
+            wl = f["wavelengths"][()] if isinstance(f.get("wavelengths"), h5py.Dataset) else None
+    except OSError as exc:
+        raise CubeFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
+    return np.asarray(cube), wl
+
+
+def _read_npz(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "cube" not in data.files:
+                raise CubeFileError(f"{path}: no 'cube' array; the file holds {sorted(data.files)}")
+            return data["cube"], (data["wavelengths"] if "wavelengths" in data.files else None)
+    except CubeFileError:
+        raise
+    except Exception as exc:  # BadZipFile, ValueError, OSError: all mean a damaged or foreign file
+        raise CubeFileError(f"{path}: not a readable .npz file ({exc})") from exc
+
+
+def _read_npy(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    try:
+        return np.load(path, allow_pickle=False), None
+    except (ValueError, OSError, EOFError) as exc:
+        raise CubeFileError(f"{path}: not a readable .npy file ({exc})") from exc
+
+
+_READERS = {".h5": _read_hdf5, ".hdf5": _read_hdf5, ".npz": _read_npz, ".npy": _read_npy}
+
+
+def load_cube(path: PathLike, grid: Optional[SpectralGrid] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Read a cube written by `save_cube` (or any file with the same layout): (H x W x B float32, wavelengths).
+
+    Files without wavelengths (.npy) are taken to be on DEFAULT_GRID when they have 31 bands. With `grid`, the
+    cube is resampled onto it when the file's wavelengths differ. Values are returned as stored, not clipped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"cube file not found: {path}")
+    cube, wl = _READERS[_suffix(path)](path)
+    if cube.ndim != 3:
+        raise CubeFileError(f"{path}: the cube must be 3-D (H x W x B), got shape {cube.shape}")
+    if cube.dtype.kind not in "fiub":
+        raise CubeFileError(f"{path}: the cube must be numeric, got dtype {cube.dtype}")
+    cube = cube.astype(np.float32, copy=False)
+    bad = int(cube.size - np.count_nonzero(np.isfinite(cube)))
+    if bad:
+        raise CubeFileError(f"{path}: the cube contains {bad} NaN or infinite values")
+    wl = _default_wavelengths(path, cube.shape[-1]) if wl is None else np.asarray(wl, dtype=np.float64).ravel()
+    if wl.size != cube.shape[-1]:
+        raise CubeFileError(f"{path}: the cube has {cube.shape[-1]} bands but the file lists {wl.size} wavelengths")
+    if grid is not None and not grid.matches(wl):
+        try:
+            cube = grid.resample(cube, wl, axis=-1).astype(np.float32, copy=False)
+        except SpectralGridError as exc:
+            raise SpectralGridError(f"{path}: cannot resample the cube onto {grid}: {exc}") from exc
+        wl = grid.as_array()
+    return cube, wl
+
+
+def _plain(value: Any) -> Any:
+    """HDF5 attribute values as plain Python (numbers, str); arrays stay NumPy arrays."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def load_cube_attrs(path: PathLike) -> dict[str, Any]:
+    """The attributes (provenance, camera) of an HDF5 cube; an empty dict for .npy/.npz, which store none."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"cube file not found: {path}")
+    if _suffix(path) not in HDF5_SUFFIXES:
+        return {}
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return {key: _plain(value) for key, value in f.attrs.items()}
+    except OSError as exc:
+        raise CubeFileError(f"{path}: not a readable HDF5 file ({exc})") from exc
