@@ -87,3 +87,28 @@ def test_baseline_on_real_cave_val(cave_root, tmp_path):
     assert 30 < result.mean["psnr"] < 37
     assert 8 < result.mean["sam"] < 18
     assert result.mean["rgb_error"] < 0.1
+
+
+def test_cli_reconstruct_writes_cube_and_previews(tmp_path, tiny_cave_root):
+    from PIL import Image
+
+    from uldm.baseline import RootPolynomialRegression
+    from uldm.images import save_png16
+    from uldm.io import load_cube, load_cube_attrs
+
+    camera = CameraResponse.from_preset("nikon5100")
+    model_path = RootPolynomialRegression(np.random.default_rng(0).random((7, 31)) * 0.2, camera).save(tmp_path / "m.npz")
+    images = tmp_path / "images"
+    save_png16(images / "a.png", np.random.default_rng(1).random((12, 10, 3)))
+    Image.fromarray(np.full((8, 9, 3), 128, np.uint8)).save(images / "b.jpg")
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(images), "-o", str(out), "--checkpoint", str(model_path), "--preview"]) == 0
+    cube, wavelengths = load_cube(out / "a.h5")
+    assert cube.shape == (12, 10, 31) and len(wavelengths) == 31
+    assert load_cube_attrs(out / "a.h5")["camera_name"] == "Nikon 5100 (NPL)"
+    assert (out / "b.h5").exists() and (out / "a_preview.png").exists() and (out / "a_spectra.png").exists()
+
+
+def test_cli_reconstruct_missing_input_is_a_clear_error(tmp_path, capsys):
+    assert main(["reconstruct", str(tmp_path / "nope.png"), "-o", str(tmp_path / "out")]) == 2
+    assert "nope.png" in capsys.readouterr().err

@@ -126,8 +126,59 @@ def report(reconstruct, scenes, camera, degradation, args: argparse.Namespace) -
     return 0
 
 
+# ------------------------------------------------------------------------------------------- reconstruct
+def add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("reconstruct", help="RGB images -> 31-band cubes (HDF5), with previews")
+    parser.add_argument("inputs", nargs="+", type=Path, help="images (PNG/JPEG/BMP/TIFF, 8 or 16 bit) or folders of them")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="output folder: one <name>.h5 per image")
+    parser.add_argument("--checkpoint", help="model folder, file or hub id (default: the best model in checkpoints/)")
+    parser.add_argument("--input-space", choices=["srgb", "linear"], default="srgb",
+                        help="how the image values are encoded (default: srgb, as ordinary photos are)")
+    parser.add_argument("--preview", action="store_true", help="also write <name>_preview.png and <name>_spectra.png")
+    parser.set_defaults(handler=run_reconstruct)
+
+
+def expand_image_inputs(inputs: Sequence[Path]) -> list[Path]:
+    from .images import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for item in inputs:
+        if item.is_dir():
+            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+        elif item.exists():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder")
+    if not files:
+        raise ValueError(f"no images found in {[str(i) for i in inputs]} (looked for {IMAGE_SUFFIXES})")
+    return files
+
+
+def run_reconstruct(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .checkpoints import load_reconstructor
+    from .images import load_linear_rgb
+    from .io import save_cube
+    from .visualize import pick_pixels, plot_spectra, save_preview
+
+    model = load_reconstructor(args.checkpoint)
+    wavelengths = model.camera.grid.as_array()
+    for path in tqdm(expand_image_inputs(args.inputs), desc="reconstruct"):
+        rgb = load_linear_rgb(path, args.input_space)
+        cube = model(rgb)
+        target = args.output / f"{path.stem}.h5"
+        save_cube(target, cube, wavelengths, camera=model.camera,
+                  attrs={"source": str(path), "input_space": args.input_space, "checkpoint": str(args.checkpoint or "default")})
+        if args.preview:
+            save_preview(args.output / f"{path.stem}_preview.png", cube, wavelengths)
+            plot_spectra(args.output / f"{path.stem}_spectra.png", cube, wavelengths, pick_pixels(rgb))
+        tqdm.write(f"{path} -> {target}")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- main
-SUBCOMMANDS = (add_info, add_baseline)
+SUBCOMMANDS = (add_info, add_reconstruct, add_baseline)
 
 
 def build_parser() -> argparse.ArgumentParser:

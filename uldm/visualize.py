@@ -214,3 +214,24 @@ def plot_curve(
     ax.grid(True, alpha=0.3)
     ax.legend()
     return _save_figure(fig, path)
+
+
+def pick_pixels(rgb: np.ndarray, count: int = 4, grid: int = 16) -> list[tuple[int, int]]:
+    """Pixels worth plotting: far apart in chromaticity (greedy farthest-point over a coarse grid), brightest first.
+
+    Fixed positions often land on a background; this picks what makes the spectra plot informative.
+    """
+    height, width = rgb.shape[:2]
+    rows = np.linspace(0, height - 1, min(grid, height)).round().astype(int)
+    cols = np.linspace(0, width - 1, min(grid, width)).round().astype(int)
+    candidates = [(int(r), int(c)) for r in rows for c in cols]
+    colours = np.stack([rgb[r, c] for r, c in candidates]).astype(np.float64)
+    brightness = colours.sum(axis=1)
+    chroma = colours / np.maximum(brightness[:, None], 1e-6)
+    features = np.concatenate([chroma, 0.3 * brightness[:, None] / max(brightness.max(), 1e-6)], axis=1)
+    chosen = [int(np.argmax(brightness))]
+    distance = np.linalg.norm(features - features[chosen[0]], axis=1)
+    while len(chosen) < min(count, len(candidates)):
+        chosen.append(int(np.argmax(distance)))
+        distance = np.minimum(distance, np.linalg.norm(features - features[chosen[-1]], axis=1))
+    return [candidates[i] for i in chosen]
