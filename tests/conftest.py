@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_CAVE_ROOT = REPO.parent / "shared" / "data" / "cave"
@@ -112,3 +113,19 @@ def cave_root() -> Path:
     if not REAL_CAVE_ROOT.is_dir():
         pytest.skip(f"real CAVE data not found at {REAL_CAVE_ROOT}")
     return REAL_CAVE_ROOT
+
+
+@pytest.fixture
+def tiny_vae_dir(tmp_path: Path) -> Path:
+    """A tiny Stable-Diffusion-format AutoencoderKL saved with save_pretrained (the real folder layout)."""
+    from diffusers import AutoencoderKL
+
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, sample_size=32,
+    )
+    vae.save_pretrained(tmp_path / "tiny-vae")
+    return tmp_path / "tiny-vae"

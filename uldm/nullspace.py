@@ -42,7 +42,7 @@ class ObservableSplit(nn.Module):
     def num_unobservable(self) -> int:
         return self.null_basis.shape[1]
 
-    def _apply(self, matrix: torch.Tensor, x: torch.Tensor, dim: int, expected: int, what: str) -> torch.Tensor:
+    def _project(self, matrix: torch.Tensor, x: torch.Tensor, dim: int, expected: int, what: str) -> torch.Tensor:
         if x.shape[dim] != expected:
             raise ValueError(f"{what}: expected {expected} channels along dim {dim}, got shape {tuple(x.shape)}")
         m = matrix.to(dtype=x.dtype, device=x.device)
@@ -50,19 +50,19 @@ class ObservableSplit(nn.Module):
 
     def render(self, spectra: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """c = Φ s."""
-        return self._apply(self.response, spectra, dim, self.num_bands, "render")
+        return self._project(self.response, spectra, dim, self.num_bands, "render")
 
     def observable(self, rgb: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """The fundamental metamer Φ⁺ c: the part of the spectrum the RGB fixes exactly."""
-        return self._apply(self.pinv, rgb, dim, 3, "observable")
+        return self._project(self.pinv, rgb, dim, 3, "observable")
 
     def unobservable(self, spectra: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """u = Nᵀ s: coordinates of the metameric black (B-3 channels)."""
-        return self._apply(self.null_basis.T, spectra, dim, self.num_bands, "unobservable")
+        return self._project(self.null_basis.T, spectra, dim, self.num_bands, "unobservable")
 
     def lift(self, u: torch.Tensor, dim: int = -1) -> torch.Tensor:
         """N u: the metameric black as a spectrum (invisible to the camera)."""
-        return self._apply(self.null_basis, u, dim, self.num_unobservable, "lift")
+        return self._project(self.null_basis, u, dim, self.num_unobservable, "lift")
 
     def split(self, spectra: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
         """s -> (c, u)."""

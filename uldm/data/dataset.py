@@ -6,8 +6,9 @@ Decoded scenes are kept in a small LRU cache, so a 900-scene ARAD-1K never has t
 Randomness (crop position, flips/rotations, the degradation's noise) comes from one torch generator per item:
 - `seed=None` (training): torch's global RNG. Every epoch draws new crops; runs repeat under
   `torch.manual_seed`, DataLoader workers are seeded from it, and accelerate's RNG checkpointing resumes exactly.
-- `seed=int` (validation): a generator seeded from (seed, index), so item i is the same patch every epoch and
-  in every process, whatever the global RNG does.
+- `seed=int`: a generator seeded from (seed, epoch, index), so item i of a given epoch is the same patch in every
+  process and after a resume, whatever the global RNG does. Trainers call `set_epoch` for new crops each epoch;
+  validation leaves the epoch at 0 and sees the same patches every time.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class SpectralPatchDataset(Dataset):
         self.format = format
         self.cache_size = cache_size
         self.seed = seed
+        self.epoch = 0
         self._cache: OrderedDict[int, Scene] = OrderedDict()  # per process: each DataLoader worker has its own
 
     def __len__(self) -> int:
@@ -91,11 +93,15 @@ class SpectralPatchDataset(Dataset):
         return scene
 
     # ------------------------------------------------------------------------------------------ sampling
+    def set_epoch(self, epoch: int) -> None:
+        """With a seed, item draws depend on (seed, epoch, index): new crops each epoch, reproducibly."""
+        self.epoch = int(epoch)
+
     def _generator(self, index: int) -> Optional[torch.Generator]:
-        """None means torch's global RNG (seed=None); otherwise a generator fixed by (seed, index)."""
+        """None means torch's global RNG (seed=None); otherwise a generator fixed by (seed, epoch, index)."""
         if self.seed is None:
             return None
-        state = np.random.SeedSequence([self.seed, index]).generate_state(1, dtype=np.uint64)[0]
+        state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, dtype=np.uint64)[0]
         return torch.Generator().manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
 
     def _crop(self, scene: Scene, gen: Optional[torch.Generator]) -> np.ndarray:

@@ -1,0 +1,180 @@
+"""Stage 1: train SpeUAE, the spectral autoencoder that turns the unobservable part into a 3-channel code image.
+
+    accelerate launch stages/train_speuae.py --config stages/configs/speuae_cave.yaml
+    python stages/train_speuae.py --config ... --resume_from_checkpoint latest     # continue a stopped run
+
+The final model is saved with `save_pretrained` to <output_dir>/speuae (config.json records the camera).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from uldm.models import SpeUAE
+from uldm.training import (
+    ConfigError,
+    TrainConfig,
+    base_argument_parser,
+    batches_from,
+    build_accelerator,
+    build_scheduler,
+    build_train_loader,
+    config_dict,
+    config_from_args,
+    load_frozen_vae,
+    resume,
+    save_checkpoint,
+    save_pretrained_atomic,
+    scene_paths,
+)
+
+
+@dataclass
+class SpeUAEConfig(TrainConfig):
+    # model
+    encoder_channels: int = 128
+    decoder_channels: int = 64
+    num_layers: int = 3
+    activation: str = "silu"
+    # loss: L1 on spectra (+ spectral angle) (+ the same after the code passes the frozen SpaAE)
+    sam_weight: float = 0.0
+    vae_path: Optional[str] = None  # an SD-format VAE (folder with config.json, or a pipeline folder with vae/)
+    vae_loss_weight: float = 0.1
+
+    def validate(self) -> None:
+        super().validate()
+        if self.activation not in ("silu", "relu", "gelu"):
+            raise ConfigError(f"activation must be silu, relu or gelu, got {self.activation!r}")
+        if self.vae_path is not None and self.patch_size % 8:
+            raise ConfigError(f"patch_size must be a multiple of 8 when vae_path is set, got {self.patch_size}")
+
+
+def spectral_angle(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean 1 - cos(angle) between per-pixel spectra (N x B x H x W): a smooth stand-in for SAM."""
+    return 1 - F.cosine_similarity(pred, target, dim=1, eps=1e-6).mean()
+
+
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, sam_weight: float) -> torch.Tensor:
+    loss = F.l1_loss(pred, target)
+    return loss + sam_weight * spectral_angle(pred, target) if sam_weight else loss
+
+
+@torch.no_grad()
+def validate(model: SpeUAE, scenes: Sequence[Path], config: SpeUAEConfig, device: torch.device) -> dict[str, float]:
+    """Round trip (encode, decode; no diffusion) on whole validation scenes, scored with the project's metrics."""
+    from uldm.data import read_scene
+    from uldm.metrics import evaluate_cube, mean_metrics
+
+    model.eval()
+    rows = []
+    for path in scenes:
+        cube = read_scene(path, format=config.data_format, grid=model.camera.grid).cube
+        hsi = torch.from_numpy(cube).permute(2, 0, 1)[None].to(device)
+        recon, _ = model(hsi)
+        rows.append(evaluate_cube(recon[0].permute(1, 2, 0).float().cpu().numpy(), cube))
+    model.train()
+    return {f"val/{k}": v for k, v in mean_metrics(rows).items()}
+
+
+def vae_round_trip(vae) -> Callable[[torch.Tensor], torch.Tensor]:
+    """code -> VAE.decode(VAE.encode(code)): what the code goes through in stage 2."""
+
+    def channel(code: torch.Tensor) -> torch.Tensor:
+        latents = vae.encode(code.to(vae.dtype)).latent_dist.mode()
+        return vae.decode(latents).sample.to(code.dtype)
+
+    return channel
+
+
+def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
+    """Run stage 1 in this process (one of several under `accelerate launch`); returns the trained model."""
+    from accelerate.utils import set_seed
+
+    output_dir = Path(config.output_dir)
+    accelerator = build_accelerator(config)
+    set_seed(config.seed)
+
+    # 1. data: seeded random patches with RGB rendered on the fly; whole val scenes for the round trip
+    camera = config.camera_response()
+    dataset, sampler, loader = build_train_loader(config, camera)
+    val_scenes = scene_paths(config, config.val_scenes)
+
+    # 2. model, optional frozen SpaAE, optimiser, LR schedule
+    model = SpeUAE.for_camera(camera, encoder_channels=config.encoder_channels, decoder_channels=config.decoder_channels,
+                              num_layers=config.num_layers, activation=config.activation)
+    vae = load_frozen_vae(config.vae_path, accelerator.device) if config.vae_path else None
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
+    scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
+    model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
+
+    # 3. resume: same step, optimizer, scheduler and RNG state; the batch stream is positioned after it
+    step = resume(accelerator, output_dir, resume_from)
+    progress = tqdm(total=config.max_train_steps, initial=step, desc="stage 1", disable=not accelerator.is_local_main_process)
+    channel = vae_round_trip(vae) if vae is not None else None
+    started = time.perf_counter()
+
+    # 4. train
+    for _, batch in batches_from(loader, dataset, sampler, accelerator, step, config.gradient_accumulation_steps):
+        if step >= config.max_train_steps:
+            break
+        with accelerator.accumulate(model):
+            hsi, rgb = batch["hsi"], batch["rgb"]
+            outputs = model(hsi, rgb, code_channel=channel)
+            loss = reconstruction_loss(outputs[0], hsi, config.sam_weight)
+            if channel is not None:
+                loss = loss + config.vae_loss_weight * reconstruction_loss(outputs[2], hsi, config.sam_weight)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        progress.update(1)
+        logs = {"train/loss": loss.detach().item(), "lr": scheduler.get_last_lr()[0]}
+        progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
+        if step % config.checkpointing_steps == 0 or step == config.max_train_steps:
+            save_checkpoint(accelerator, output_dir, step, config.checkpoints_total_limit)
+        if step % config.validation_steps == 0 or step == config.max_train_steps:
+            if accelerator.is_main_process:
+                logs.update(validate(accelerator.unwrap_model(model), val_scenes, config, accelerator.device))
+                tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith("val/")))
+            accelerator.wait_for_everyone()
+        accelerator.log(logs, step=step)
+
+    # 5. final model
+    accelerator.wait_for_everyone()
+    model = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        save_pretrained_atomic(model, output_dir / "speuae")
+        accelerator.print(f"saved {output_dir / 'speuae'} after {step} steps ({time.perf_counter() - started:.0f} s this run)")
+    accelerator.end_training()
+    return model
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = base_argument_parser("Stage 1: train the spectral unobservable-feature autoencoder (SpeUAE)").parse_args(argv)
+    try:
+        config = config_from_args(SpeUAEConfig, args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    train(config, args.resume_from_checkpoint)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

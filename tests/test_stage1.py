@@ -1,0 +1,185 @@
+"""Stage 1: the SpeUAE model and its accelerate trainer (tiny data, a few steps each)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from uldm import CameraResponse
+from uldm.models import SpeUAE
+from uldm.stages.train_speuae import SpeUAEConfig, train
+from uldm.training import ConfigError, checkpoints_in, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+SMALL = {"encoder_channels": 16, "decoder_channels": 16, "num_layers": 2}
+
+
+# ------------------------------------------------------------------------------------------------- model
+def test_decode_renders_back_to_rgb_exactly_for_any_code():
+    model = SpeUAE(**SMALL)
+    rgb = torch.rand(2, 3, 9, 7)
+    code = torch.rand(2, 3, 9, 7) * 2 - 1
+    hsi = model.decode(code, rgb)
+    assert hsi.shape == (2, 31, 9, 7)
+    assert (model.split.render(hsi, dim=1) - rgb).abs().max() < 2e-6
+
+
+def test_code_is_bounded_and_image_sized():
+    model = SpeUAE(**SMALL)
+    code = model.encode(torch.rand(1, 31, 13, 11) * 3)
+    assert code.shape == (1, 3, 13, 11) and code.abs().max() <= 1
+
+
+def test_save_load_round_trip_is_identical_and_keeps_the_camera(tmp_path):
+    camera = CameraResponse.from_preset("canon-5d-mark-ii")
+    model = SpeUAE.for_camera(camera, **SMALL)
+    model.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "diffusion_pytorch_model.safetensors").exists()
+    loaded = SpeUAE.from_pretrained(tmp_path / "m")
+    assert loaded.camera == camera
+    hsi = torch.rand(1, 31, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(model(hsi)[0], loaded(hsi)[0])
+
+
+def test_wrong_band_count_is_rejected():
+    with pytest.raises(ValueError, match="N x 31 x H x W"):
+        SpeUAE(**SMALL).encode(torch.rand(1, 30, 4, 4))
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+def write_config(tmp_path: Path, data_root: Path, **overrides) -> Path:
+    config = {
+        "output_dir": str(tmp_path / "run"), "data_root": str(data_root), "data_format": "cave",
+        "train_scenes": ["balloons_ms", "cd_ms"], "val_scenes": ["watercolors_ms"],
+        "patch_size": 8, "patches_per_scene": 4, "train_batch_size": 2, "max_train_steps": 6,
+        "checkpointing_steps": 3, "validation_steps": 6, "checkpoints_total_limit": 5, "report_to": None,
+        "learning_rate": 3e-3, **SMALL, **overrides,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def final_weights(output_dir: Path) -> dict:
+    return SpeUAE.from_pretrained(output_dir / "speuae").state_dict()
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, tiny_cave_root):
+    config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, max_train_steps=30,
+                                                      checkpointing_steps=30, validation_steps=30))
+    untrained = SpeUAE.for_camera(config.camera_response(), **SMALL)
+    trained = train(config)
+    from uldm.data import read_scene
+
+    cube = torch.from_numpy(read_scene(tiny_cave_root / "balloons_ms").cube).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        before = (untrained(cube)[0] - cube).abs().mean()
+        after = (trained(cube)[0] - cube).abs().mean()
+    assert after < before
+    assert (Path(config.output_dir) / "speuae" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_cave_root):
+    config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root))
+    train(config)
+    output_dir = Path(config.output_dir)
+    uninterrupted = final_weights(output_dir)
+    assert [p.name for p in checkpoints_in(output_dir)] == ["checkpoint-3", "checkpoint-6"]
+    # pretend the run died after step 3: drop everything written later, then resume
+    import shutil
+
+    shutil.rmtree(output_dir / "checkpoint-6")
+    shutil.rmtree(output_dir / "speuae")
+    train(config, resume_from="latest")
+    resumed = final_weights(output_dir)
+    for name, tensor in uninterrupted.items():
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+def test_checkpoint_limit_and_interrupted_save_keep_the_last_checkpoint(tmp_path, tiny_cave_root, monkeypatch):
+    from accelerate import Accelerator
+
+    from uldm.training import save_checkpoint
+
+    accelerator = Accelerator(cpu=True)
+    accelerator.prepare(torch.nn.Linear(2, 2))
+    out = tmp_path / "run"
+    for step in (1, 2, 3):
+        save_checkpoint(accelerator, out, step, limit=2)
+    assert [p.name for p in checkpoints_in(out)] == ["checkpoint-2", "checkpoint-3"]
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(accelerator, "save_state", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(accelerator, out, 4, limit=2)
+    assert [p.name for p in checkpoints_in(out)] == ["checkpoint-2", "checkpoint-3"]
+    assert (out / "checkpoint-3" / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_two_process_run_leaves_identical_weights_on_both_ranks(tmp_path, tiny_cave_root):
+    config = write_config(tmp_path, tiny_cave_root, max_train_steps=4, checkpointing_steps=4, validation_steps=4)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
+               str(REPO / "tests" / "helpers" / "train_and_dump.py"), str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MULTI_CPU" in result.stdout  # really one process group, not two independent runs
+    out = tmp_path / "run"
+    rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    for name in rank0:
+        assert torch.equal(rank0[name], rank1[name]), name
+    start = SpeUAE.for_camera(CameraResponse.from_preset("nikon5100"), **SMALL).state_dict()
+    assert any(not torch.equal(rank0[k], start[k]) for k in start if k in rank0)  # it did train
+
+
+@pytest.mark.slow
+def test_vae_loss_term_trains_through_a_tiny_frozen_vae(tmp_path, tiny_cave_root, tiny_vae_dir):
+    config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, vae_path=str(tiny_vae_dir),
+                                                      max_train_steps=2, checkpointing_steps=2, validation_steps=2))
+    model = train(config)
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_unknown_camera_fails_with_the_valid_names(tmp_path, tiny_cave_root):
+    with pytest.raises(ConfigError, match="config.yaml.*unknown camera preset 'leica'.*Nikon 5100"):
+        load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, camera="leica"))
+
+
+def test_unknown_and_missing_keys_name_the_file(tmp_path, tiny_cave_root):
+    with pytest.raises(ConfigError, match="config.yaml: unknown keys \\['hiden_channels'\\]"):
+        load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, hiden_channels=3))
+    path = tmp_path / "empty.yaml"
+    path.write_text("learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="empty.yaml: missing required keys \\['output_dir'\\]"):
+        load_config(SpeUAEConfig, path)
+
+
+def test_data_with_the_wrong_band_count_fails_before_training(tmp_path):
+    import numpy as np
+
+    root = tmp_path / "cubes"
+    root.mkdir()
+    for name in ("a", "b"):
+        np.save(root / f"{name}.npy", np.random.default_rng(0).random((16, 16, 30)).astype(np.float32))
+    config = load_config(SpeUAEConfig, write_config(tmp_path, root, data_format="h5", train_scenes="all",
+                                                      val_scenes=["a"]))
+    with pytest.raises(ValueError, match="a.npy.*30"):
+        train(config)
+
+
+def test_the_shipped_cave_config_is_valid():
+    config = load_config(SpeUAEConfig, REPO / "stages" / "configs" / "speuae_cave.yaml")
+    assert config.camera_response().name == "Nikon 5100 (NPL)"

@@ -1,0 +1,128 @@
+"""SpeUAE: the spectral unobservable-feature autoencoder of stage 1 (METHOD.md section 2).
+
+Encoder E(u, c) -> z in [-1, 1]^3 and decoder D(z, c) -> û, applied pixel by pixel (1 x 1), so the code image
+has the RGB image's size and any image size or batch works. The output ŝ = Φ⁺c + N û re-renders to c exactly:
+only the part the camera cannot see is learned.
+
+The camera is part of the model: its response and wavelengths are stored in config.json, and
+`save_pretrained` / `from_pretrained` (diffusers' ModelMixin) round-trip it with the weights as safetensors.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from torch import nn
+
+from ..camera import CameraResponse
+from ..nullspace import ObservableSplit
+
+
+ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class PointwiseMLP(nn.Module):
+    """An MLP applied to every pixel of N x C x H x W tensors (channels-last Linear layers: faster than 1 x 1 convs)."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, layers: int, activation: str) -> None:
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        blocks: list[nn.Module] = []
+        width = in_channels
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
+            width = hidden
+        blocks.append(nn.Linear(width, out_channels))
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class SpeUAE(ModelMixin, ConfigMixin):
+    """encode(hsi, rgb) -> code in [-1, 1] (N x 3 x H x W); decode(code, rgb) -> hsi (N x B x H x W)."""
+
+    config_name = "config.json"
+
+    @register_to_config
+    def __init__(
+        self,
+        camera_name: str = "Nikon 5100 (NPL)",
+        camera_response: Optional[list] = None,
+        wavelengths: Optional[list] = None,
+        code_channels: int = 3,
+        encoder_channels: int = 128,
+        decoder_channels: int = 64,
+        num_layers: int = 3,
+        activation: str = "silu",
+        unobservable_scale: float = 4.0,
+    ) -> None:
+        super().__init__()
+        if camera_response is None or wavelengths is None:
+            camera = CameraResponse.from_preset(camera_name)
+            self.register_to_config(camera_response=camera.matrix.tolist(), wavelengths=list(camera.grid.wavelengths),
+                                    camera_name=camera.name)
+        else:
+            camera = CameraResponse.from_config({"name": camera_name, "matrix": camera_response, "wavelengths": wavelengths})
+        self.split = ObservableSplit(camera)
+        hidden = self.split.num_unobservable
+        # Only the decoder runs at inference (the diffusion model generates the code), so it is the smaller one.
+        self.encoder = PointwiseMLP(hidden + 3, code_channels, encoder_channels, num_layers, activation)
+        self.decoder = PointwiseMLP(code_channels + 3, hidden, decoder_channels, num_layers, activation)
+
+    @classmethod
+    def for_camera(cls, camera: CameraResponse, **kwargs) -> "SpeUAE":
+        return cls(camera_name=camera.name, camera_response=camera.matrix.tolist(),
+                   wavelengths=list(camera.grid.wavelengths), **kwargs)
+
+    @property
+    def camera(self) -> CameraResponse:
+        return CameraResponse.from_config({"name": self.config.camera_name, "matrix": self.config.camera_response,
+                                           "wavelengths": self.config.wavelengths})
+
+    @property
+    def num_bands(self) -> int:
+        return self.split.num_bands
+
+    def _check(self, tensor: torch.Tensor, channels: int, what: str) -> None:
+        if tensor.ndim != 4 or tensor.shape[1] != channels:
+            raise ValueError(f"SpeUAE.{what}: expected N x {channels} x H x W, got shape {tuple(tensor.shape)}")
+
+    def encode(self, hsi: torch.Tensor, rgb: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Spectra (N x B x H x W) -> code image in [-1, 1]. `rgb` defaults to the clean rendering Φ s."""
+        self._check(hsi, self.num_bands, "encode")
+        if rgb is None:
+            rgb = self.split.render(hsi, dim=1)
+        self._check(rgb, 3, "encode (rgb)")
+        u = self.split.unobservable(hsi, dim=1) * self.config.unobservable_scale
+        return torch.tanh(self.encoder(torch.cat([u, rgb * 2 - 1], dim=1)))
+
+    def decode(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """Code image + RGB -> spectra Φ⁺c + N û, which render back to `rgb` exactly."""
+        self._check(code, self.config.code_channels, "decode")
+        self._check(rgb, 3, "decode (rgb)")
+        u = self.decoder(torch.cat([code, rgb * 2 - 1], dim=1)) / self.config.unobservable_scale
+        return self.split.compose(rgb, u, dim=1)
+
+    def forward(
+        self,
+        hsi: torch.Tensor,
+        rgb: Optional[torch.Tensor] = None,
+        code_channel: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """Round trip: (reconstruction, code), plus the reconstruction from `code_channel(code)` when given.
+
+        `code_channel` models what happens to the code downstream (the frozen SpaAE's encode/decode in
+        training); going through `forward` keeps DistributedDataParallel's gradient sync intact.
+        """
+        if rgb is None:
+            rgb = self.split.render(hsi, dim=1)
+        code = self.encode(hsi, rgb)
+        outputs = (self.decode(code, rgb), code)
+        if code_channel is not None:
+            outputs += (self.decode(code_channel(code).clamp(-1, 1), rgb),)
+        return outputs

@@ -1,0 +1,343 @@
+"""What every trainer in `stages/` shares: YAML configs, the Accelerator, data, checkpoints and resume.
+
+A stage defines a config dataclass (subclassing `TrainConfig`), a model and a loss; this module supplies the rest,
+so checkpointing, resume and logging behave the same in every stage:
+
+- configs come from YAML, with `--set key=value` overrides; unknown or missing keys name the file;
+- batches are a pure function of (seed, epoch, position), so `--resume_from_checkpoint latest` continues with
+  exactly the batches an uninterrupted run would have seen;
+- checkpoints are written by `accelerator.save_state` into a temporary folder renamed into place, so a run killed
+  at any moment leaves the previous checkpoint intact; only the newest `checkpoints_total_limit` are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import re
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence, Type, TypeVar
+
+import torch
+import yaml
+
+from .camera import CameraResponse
+from .degradation import Degradation
+
+logger = logging.getLogger(__name__)
+CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+ConfigT = TypeVar("ConfigT", bound="TrainConfig")
+
+
+class ConfigError(ValueError):
+    """A training config that cannot work: unknown or missing keys, wrong values, data that do not match."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings every stage has. Stage configs add their model and loss fields."""
+
+    output_dir: str
+    # data
+    data_root: Optional[str] = None  # default: ../shared/data/cave (or $ULDM_CAVE_ROOT)
+    data_format: str = "cave"
+    train_scenes: Any = "train"  # "train"/"val"/"all" (CAVE split), a list of names, or a split-file path
+    val_scenes: Any = "val"
+    camera: str = "nikon5100"  # preset name/alias or CSV path
+    degradation: Optional[dict] = None  # {photons, bit_depth, jpeg_quality}
+    patch_size: int = 64
+    patches_per_scene: int = 16
+    train_batch_size: int = 8
+    dataloader_num_workers: int = 0
+    scene_cache_size: Optional[int] = 32
+    # optimisation
+    max_train_steps: int = 1000
+    learning_rate: float = 1e-3
+    adam_weight_decay: float = 0.0
+    lr_scheduler: str = "cosine"
+    lr_warmup_steps: int = 0
+    gradient_accumulation_steps: int = 1
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"  # no / fp16 / bf16
+    seed: int = 0
+    # bookkeeping
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: Optional[int] = 3
+    validation_steps: int = 500
+    report_to: Optional[str] = "tensorboard"
+    tracker_project_name: str = "uldm"
+
+    def validate(self) -> None:
+        """Cheap checks before anything heavy happens; stages extend this."""
+        if self.mixed_precision not in ("no", "fp16", "bf16"):
+            raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
+        for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
+                     "validation_steps", "patches_per_scene"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        self.camera_response()
+        Degradation.from_config(self.degradation)
+
+    def camera_response(self) -> CameraResponse:
+        try:
+            return CameraResponse.load(self.camera)
+        except ValueError as exc:
+            raise ConfigError(f"camera: {exc}") from exc
+
+
+# ------------------------------------------------------------------------------------------------ configs
+def load_config(cls: Type[ConfigT], path: Optional[Path], overrides: Sequence[str] = ()) -> ConfigT:
+    """YAML file + `key=value` overrides (values parsed as YAML) -> a validated config dataclass."""
+    values: dict[str, Any] = {}
+    where = str(path) if path is not None else "command line"
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc})") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: the config must be a mapping of keys to values")
+        values.update(loaded)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must look like key=value")
+        values[key.strip()] = yaml.safe_load(raw)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ConfigError(f"{where}: missing required keys {missing}")
+    config = cls(**values)
+    try:
+        config.validate()
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from exc
+    return config
+
+
+def base_argument_parser(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", type=Path, help="YAML config (see stages/configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable), e.g. --set max_train_steps=100")
+    parser.add_argument("--output_dir", help="shortcut for --set output_dir=...")
+    parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder to continue from")
+    return parser
+
+
+def config_from_args(cls: Type[ConfigT], args: argparse.Namespace) -> ConfigT:
+    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
+    return load_config(cls, args.config, overrides)
+
+
+# --------------------------------------------------------------------------------------------------- data
+def scene_paths(config: TrainConfig, which: Any) -> list[Path]:
+    """Resolve a config's scene selection ("train"/"val"/"all", names, or a split file) to paths."""
+    from .data import cave_split, default_cave_root, list_scenes, read_split_file, select_scenes
+
+    root = Path(config.data_root) if config.data_root else default_cave_root()
+    if root is None or not root.exists():
+        raise ConfigError(f"data_root {root} does not exist (set data_root or $ULDM_CAVE_ROOT)")
+    paths = list_scenes(root, config.data_format)
+    if which == "all":
+        return paths
+    if which in ("train", "val"):
+        if config.data_format != "cave":
+            raise ConfigError(f"scene selection {which!r} is defined for CAVE only; give a list of names or a split file")
+        return cave_split(root)[which]
+    if isinstance(which, str):
+        return select_scenes(paths, read_split_file(which))
+    return select_scenes(paths, list(which))
+
+
+def check_data_matches_camera(config: TrainConfig, camera: CameraResponse, first_scene: Path) -> None:
+    """Fail before training when the data's bands cannot be rendered by the camera."""
+    from .data import read_scene
+
+    scene = read_scene(first_scene, format=config.data_format, grid=camera.grid)
+    if scene.cube.shape[-1] != camera.num_bands:
+        raise ConfigError(f"{first_scene}: {scene.cube.shape[-1]} bands, camera {camera.name!r} has {camera.num_bands}")
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """A permutation fixed by (seed, epoch): the same on every process and after a resume."""
+
+    def __init__(self, length: int, seed: int) -> None:
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self) -> Iterator[int]:
+        generator = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=generator).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
+def build_train_loader(config: TrainConfig, camera: CameraResponse):
+    """(dataset, sampler, loader) of seeded random patches; call `set_epoch` on dataset and sampler per epoch."""
+    from .data import SpectralPatchDataset
+
+    scenes = scene_paths(config, config.train_scenes)
+    check_data_matches_camera(config, camera, scenes[0])
+    dataset = SpectralPatchDataset(
+        scenes, camera, patch_size=config.patch_size, patches_per_scene=config.patches_per_scene, augment=True,
+        degradation=Degradation.from_config(config.degradation), format=config.data_format,
+        cache_size=config.scene_cache_size, seed=config.seed,
+    )
+    sampler = EpochSampler(len(dataset), config.seed)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=config.train_batch_size, sampler=sampler, drop_last=True,
+        num_workers=config.dataloader_num_workers,
+    )
+    if len(loader) == 0:
+        raise ConfigError(f"{len(dataset)} training patches are fewer than one batch of {config.train_batch_size}")
+    return dataset, sampler, loader
+
+
+# ---------------------------------------------------------------------------------------------- accelerate
+def build_accelerator(config: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+
+    project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs"))
+    report_to = config.report_to if config.report_to not in (None, "none") else None
+    # Without a GPU, cpu=True makes `accelerate launch --multi_gpu --num_processes N` form a gloo process
+    # group (MULTI_CPU) instead of N unrelated single processes.
+    return Accelerator(
+        cpu=not torch.cuda.is_available(),
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        mixed_precision=config.mixed_precision,
+        log_with=report_to,
+        project_config=project,
+    )
+
+
+def build_scheduler(config: TrainConfig, optimizer: torch.optim.Optimizer, num_processes: int):
+    from diffusers.optimization import get_scheduler
+
+    # accelerate steps a prepared scheduler once per process per optimizer step
+    return get_scheduler(
+        config.lr_scheduler, optimizer=optimizer,
+        num_warmup_steps=config.lr_warmup_steps * num_processes,
+        num_training_steps=config.max_train_steps * num_processes,
+    )
+
+
+def checkpoints_in(output_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first (temporary folders of an interrupted save are not listed)."""
+    if not output_dir.is_dir():
+        return []
+    found = [p for p in output_dir.iterdir() if p.is_dir() and CHECKPOINT_PATTERN.match(p.name)]
+    return sorted(found, key=lambda p: int(CHECKPOINT_PATTERN.match(p.name).group(1)))
+
+
+def save_checkpoint(accelerator, output_dir: Path, step: int, limit: Optional[int]) -> Path:
+    """`save_state` into a temporary folder, then rename: a crash mid-save never corrupts a checkpoint."""
+    final = output_dir / f"checkpoint-{step}"
+    tmp = output_dir / f".tmp-checkpoint-{step}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))  # every process: RNG states and sharded states are per process
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if limit is not None:
+            for old in checkpoints_in(output_dir)[:-limit]:
+                shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def resume(accelerator, output_dir: Path, spec: Optional[str]) -> int:
+    """Load a checkpoint ('latest' or a path) and return its step; 0 when there is nothing to resume."""
+    if not spec:
+        return 0
+    if spec == "latest":
+        found = checkpoints_in(output_dir)
+        if not found:
+            accelerator.print(f"no checkpoint in {output_dir}; starting from scratch")
+            return 0
+        path = found[-1]
+    else:
+        path = Path(spec)
+        if not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name):
+            raise ConfigError(f"{spec}: not a checkpoint folder (expected .../checkpoint-<step>)")
+    accelerator.load_state(str(path))
+    step = int(CHECKPOINT_PATTERN.match(path.name).group(1))
+    accelerator.print(f"resumed from {path} at step {step}")
+    return step
+
+
+def batches_from(loader, dataset, sampler, accelerator, start_step: int, accumulation: int) -> Iterator[tuple[int, Any]]:
+    """Endless (epoch, batch) stream positioned after `start_step` optimizer steps."""
+    batches_per_epoch = len(loader)
+    consumed = start_step * accumulation
+    epoch, skip = divmod(consumed, batches_per_epoch)
+    while True:
+        dataset.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, skip) if skip else loader
+        if hasattr(epoch_loader, "set_epoch"):
+            # accelerate's loaders count their own epochs and re-seed the sampler from that count on every
+            # iteration: set it, or a resumed run would replay epoch 0's order.
+            epoch_loader.set_epoch(epoch)
+        for batch in epoch_loader:
+            yield epoch, batch
+        epoch, skip = epoch + 1, 0
+
+
+def steps_per_epoch(loader, accumulation: int) -> int:
+    return max(1, math.ceil(len(loader) / accumulation))
+
+
+def config_dict(config: TrainConfig) -> dict[str, Any]:
+    """Flat, tracker-friendly copy of a config (lists and dicts as strings)."""
+    return {k: (v if isinstance(v, (int, float, str, bool)) or v is None else str(v))
+            for k, v in dataclasses.asdict(config).items()}
+
+
+# ------------------------------------------------------------------------------------------------ models
+def save_pretrained_atomic(model, path: Path) -> Path:
+    """`save_pretrained` into a temporary sibling folder, then swap it in: readers never see half a model."""
+    path = Path(path)
+    tmp = path.with_name(f".tmp-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(str(tmp))
+    old = path.with_name(f".old-{path.name}")
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def load_frozen_vae(path: str, device: torch.device):
+    """An SD-format AutoencoderKL (a VAE folder, or a pipeline folder holding vae/), frozen, in eval mode."""
+    from diffusers import AutoencoderKL
+
+    folder = Path(path)
+    if (folder / "vae" / "config.json").exists():
+        folder = folder / "vae"
+    if not (folder / "config.json").exists():
+        raise ConfigError(f"vae_path {path}: no config.json there or in {path}/vae (expected a diffusers AutoencoderKL)")
+    try:
+        vae = AutoencoderKL.from_pretrained(str(folder))
+    except (OSError, ValueError, TypeError) as exc:
+        raise ConfigError(f"vae_path {path}: cannot load an AutoencoderKL ({exc})") from exc
+    vae.requires_grad_(False)
+    return vae.eval().to(device)
