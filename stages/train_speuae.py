@@ -46,6 +46,7 @@ class SpeUAEConfig(TrainConfig):
     num_layers: int = 3
     activation: str = "silu"
     # loss: L1 on spectra (+ spectral angle) (+ the same after the code passes the frozen SpaAE)
+    linear_init_pixels: int = 200_000  # start from the PCA code of this many training pixels (0: random start)
     sam_weight: float = 0.0
     vae_path: Optional[str] = None  # an SD-format VAE (folder with config.json, or a pipeline folder with vae/)
     vae_loss_weight: float = 0.1
@@ -85,6 +86,18 @@ def validate(model: SpeUAE, scenes: Sequence[Path], config: SpeUAEConfig, device
     return {f"val/{k}": v for k, v in mean_metrics(rows).items()}
 
 
+def unobservable_sample(model: SpeUAE, dataset, pixels: int) -> torch.Tensor:
+    """u of about `pixels` training pixels (seeded patches, identical on every process) for the PCA start."""
+    chunks, count = [], 0
+    for index in range(len(dataset)):
+        hsi = dataset[index]["hsi"]
+        chunks.append(model.split.unobservable(hsi.flatten(1).T.double()))
+        count += chunks[-1].shape[0]
+        if count >= pixels:
+            break
+    return torch.cat(chunks)[:pixels]
+
+
 def vae_round_trip(vae) -> Callable[[torch.Tensor], torch.Tensor]:
     """code -> VAE.decode(VAE.encode(code)): what the code goes through in stage 2."""
 
@@ -111,6 +124,8 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
     # 2. model, optional frozen SpaAE, optimiser, LR schedule
     model = SpeUAE.for_camera(camera, encoder_channels=config.encoder_channels, decoder_channels=config.decoder_channels,
                               num_layers=config.num_layers, activation=config.activation)
+    if config.linear_init_pixels:
+        model.init_linear_code(unobservable_sample(model, dataset, config.linear_init_pixels))
     vae = load_frozen_vae(config.vae_path, accelerator.device) if config.vae_path else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     scheduler = build_scheduler(config, optimizer, accelerator.num_processes)

@@ -215,3 +215,10 @@ def test_format_table_has_a_row_per_scene_and_a_mean():
     assert lines[2].split() == ["balloons", "0.1000", "0.0200", "30.00", "5.00", "1.5"]
     assert lines[-1].split() == ["mean", "0.2000", "0.0300", "25.00", "6.00", "2"]
     assert len(lines) == 6  # header, rule, two scenes, rule, mean
+
+
+def test_format_table_can_compare_models_without_a_mean_row():
+    from uldm.metrics import format_table
+
+    table = format_table({"a": {"psnr": 30.0}, "b": {"psnr": 40.0}}, first_column="model", mean_row=False)
+    assert table.splitlines()[0].startswith("model") and "mean" not in table

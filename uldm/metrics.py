@@ -213,15 +213,16 @@ def _format_value(key: str, value: float | None) -> str:
     return _FORMATS.get(key, "{:.4g}").format(value)
 
 
-def format_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """A plain-text table, one line per scene plus a "mean" line: MRAE RMSE PSNR SAM, then any other keys."""
+def format_table(rows: Mapping[str, Mapping[str, float]], first_column: str = "scene", mean_row: bool = True) -> str:
+    """A plain-text table, one line per row (scenes, or models when comparing) plus a "mean" line if asked:
+    MRAE RMSE PSNR SAM, then any other keys."""
     keys = list(METRIC_KEYS)
     for row in rows.values():
         keys.extend(k for k in row if k not in keys)
-    lines = [["scene", *(k.upper() for k in keys)]]
+    lines = [[first_column, *(k.upper() for k in keys)]]
     for name, row in rows.items():
         lines.append([str(name), *(_format_value(k, row.get(k)) for k in keys)])
-    if rows:
+    if rows and mean_row:
         mean = mean_metrics(list(rows.values()))
         lines.append(["mean", *(_format_value(k, mean.get(k)) for k in keys)])
     widths = [max(len(line[i]) for line in lines) for i in range(len(keys) + 1)]

@@ -1,8 +1,16 @@
 """SpeUAE: the spectral unobservable-feature autoencoder of stage 1 (METHOD.md section 2).
 
-Encoder E(u, c) -> z in [-1, 1]^3 and decoder D(z, c) -> û, applied pixel by pixel (1 x 1), so the code image
-has the RGB image's size and any image size or batch works. The output ŝ = Φ⁺c + N û re-renders to c exactly:
-only the part the camera cannot see is learned.
+Encoder E(u, c) -> z in [-1, 1]^3 and decoder D(z, c) -> û, applied pixel by pixel, so the code image has the
+RGB image's size and any image size or batch works. The output ŝ = Φ⁺c + N û re-renders to c exactly: only the
+part the camera cannot see is learned.
+
+Each side is a linear map plus an MLP residual conditioned on RGB:
+
+    z = tanh(L_e u + E(u, c)),     û = L_d z + D(z, c).
+
+`init_linear_code` starts L_e, L_d at the best linear code (PCA of u on training data) and the residual MLPs
+end in zero-initialised layers, so training starts from the linear code and learns the RGB-conditioned
+corrections; on CAVE this converges several times faster than a plain MLP from random weights.
 
 The camera is part of the model: its response and wavelengths are stored in config.json, and
 `save_pretrained` / `from_pretrained` (diffusers' ModelMixin) round-trip it with the weights as safetensors.
@@ -36,8 +44,10 @@ class PointwiseMLP(nn.Module):
         for _ in range(layers):
             blocks += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
             width = hidden
-        blocks.append(nn.Linear(width, out_channels))
-        self.net = nn.Sequential(*blocks)
+        last = nn.Linear(width, out_channels)
+        nn.init.zeros_(last.weight)  # a residual branch: starts as the identity of what it is added to
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(*blocks, last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
@@ -71,8 +81,29 @@ class SpeUAE(ModelMixin, ConfigMixin):
         self.split = ObservableSplit(camera)
         hidden = self.split.num_unobservable
         # Only the decoder runs at inference (the diffusion model generates the code), so it is the smaller one.
+        self.linear_encoder = nn.Linear(hidden, code_channels)
+        self.linear_decoder = nn.Linear(code_channels, hidden)
         self.encoder = PointwiseMLP(hidden + 3, code_channels, encoder_channels, num_layers, activation)
         self.decoder = PointwiseMLP(code_channels + 3, hidden, decoder_channels, num_layers, activation)
+
+    @torch.no_grad()
+    def init_linear_code(self, u: torch.Tensor, spread: float = 2.0) -> None:
+        """Start from the PCA code of unobservable parts `u` (P x (B-3), e.g. training pixels).
+
+        Code channel k is the k-th principal component divided by `spread` standard deviations, so most
+        pixels land in tanh's near-linear range.
+        """
+        u = u.double().reshape(-1, self.split.num_unobservable)
+        mean = u.mean(dim=0)
+        _, singular, vh = torch.linalg.svd(u - mean, full_matrices=False)
+        k = self.config.code_channels
+        basis, std = vh[:k], singular[:k] / max(len(u) - 1, 1) ** 0.5
+        scale = self.config.unobservable_scale
+        # linear_encoder sees u * scale; linear_decoder's output is divided by scale (see encode/decode)
+        self.linear_encoder.weight.copy_(basis / (spread * std[:, None] * scale))
+        self.linear_encoder.bias.copy_(-(basis @ mean) / (spread * std))
+        self.linear_decoder.weight.copy_(basis.T * (spread * std[None, :]) * scale)
+        self.linear_decoder.bias.copy_(mean * scale)
 
     @classmethod
     def for_camera(cls, camera: CameraResponse, **kwargs) -> "SpeUAE":
@@ -99,13 +130,15 @@ class SpeUAE(ModelMixin, ConfigMixin):
             rgb = self.split.render(hsi, dim=1)
         self._check(rgb, 3, "encode (rgb)")
         u = self.split.unobservable(hsi, dim=1) * self.config.unobservable_scale
-        return torch.tanh(self.encoder(torch.cat([u, rgb * 2 - 1], dim=1)))
+        linear = self.linear_encoder(u.movedim(1, -1)).movedim(-1, 1)
+        return torch.tanh(linear + self.encoder(torch.cat([u, rgb * 2 - 1], dim=1)))
 
     def decode(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         """Code image + RGB -> spectra Φ⁺c + N û, which render back to `rgb` exactly."""
         self._check(code, self.config.code_channels, "decode")
         self._check(rgb, 3, "decode (rgb)")
-        u = self.decoder(torch.cat([code, rgb * 2 - 1], dim=1)) / self.config.unobservable_scale
+        linear = self.linear_decoder(code.movedim(1, -1)).movedim(-1, 1)
+        u = (linear + self.decoder(torch.cat([code, rgb * 2 - 1], dim=1))) / self.config.unobservable_scale
         return self.split.compose(rgb, u, dim=1)
 
     def forward(

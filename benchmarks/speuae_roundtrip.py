@@ -1,0 +1,95 @@
+"""Stage-1 benchmark: SpeUAE round trip vs the best linear codes, on the CAVE val split, plus CPU timing.
+
+    python benchmarks/speuae_roundtrip.py --speuae runs/speuae-cave/speuae [--data ../shared/data/cave]
+
+The linear code is PCA of the unobservable part u = Nᵀs fitted on the train split (k = 3 and k = 6 dimensions);
+every model composes ŝ = Φ⁺c + N û, so all rows re-render to the RGB exactly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from uldm.data import cave_split, default_cave_root, read_scene
+from uldm.metrics import evaluate_cube, format_table, mean_metrics
+from uldm.models import SpeUAE
+from uldm.nullspace import ObservableSplit
+
+
+def linear_code_model(split: ObservableSplit, train_cubes: list[np.ndarray], k: int):
+    """PCA of u on training pixels -> a function cube -> round-trip cube through a k-dimensional code."""
+    u = np.concatenate([split.unobservable(torch.from_numpy(c).double()).reshape(-1, split.num_unobservable).numpy()
+                        for c in train_cubes])
+    mean = u.mean(axis=0)
+    _, _, vh = np.linalg.svd(u - mean, full_matrices=False)
+    basis = torch.from_numpy(vh[:k].T)  # 28 x k
+
+    def round_trip(cube: np.ndarray) -> np.ndarray:
+        s = torch.from_numpy(cube).double()
+        rgb, u_true = split.split(s)
+        code = (u_true - torch.from_numpy(mean)) @ basis
+        return split.compose(rgb, code @ basis.T + torch.from_numpy(mean)).float().numpy()
+
+    return round_trip
+
+
+def speuae_model(model: SpeUAE):
+    @torch.no_grad()
+    def round_trip(cube: np.ndarray) -> np.ndarray:
+        hsi = torch.from_numpy(cube).permute(2, 0, 1)[None]
+        return model(hsi)[0][0].permute(1, 2, 0).numpy()
+
+    return round_trip
+
+
+def time_model(model: SpeUAE, size: int, repeats: int = 5) -> tuple[float, float]:
+    hsi = torch.rand(1, model.num_bands, size, size)
+    with torch.inference_mode():
+        rgb = model.split.render(hsi, dim=1)
+        code = model.encode(hsi, rgb)
+        model.decode(code, rgb)  # warm-up
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.encode(hsi, rgb)
+        encode = (time.perf_counter() - start) / repeats
+        start = time.perf_counter()
+        for _ in range(repeats):
+            model.decode(code, rgb)
+        decode = (time.perf_counter() - start) / repeats
+    return encode, decode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--speuae", type=Path, required=True, help="folder written by save_pretrained")
+    parser.add_argument("--data", type=Path, default=default_cave_root())
+    args = parser.parse_args()
+
+    model = SpeUAE.from_pretrained(args.speuae).eval()
+    camera = model.camera
+    split = ObservableSplit(camera)
+    scenes = cave_split(args.data)
+    train = [read_scene(p, grid=camera.grid).cube for p in scenes["train"]]
+    val = {p.name: read_scene(p, grid=camera.grid).cube for p in scenes["val"]}
+
+    models = {"linear code k=3 (PCA of u)": linear_code_model(split, train, 3),
+              "linear code k=6 (PCA of u)": linear_code_model(split, train, 6),
+              f"SpeUAE ({sum(p.numel() for p in model.parameters())} params)": speuae_model(model)}
+    summary = {}
+    for name, round_trip in models.items():
+        rows = {scene: evaluate_cube(round_trip(cube), cube) for scene, cube in val.items()}
+        summary[name] = mean_metrics(list(rows.values()))
+    print(f"Round trip on the CAVE val split ({len(val)} scenes), camera {camera.name}:")
+    print(format_table(summary, first_column="model", mean_row=False))
+    for size in (256, 512):
+        encode, decode = time_model(model, size)
+        print(f"SpeUAE {size}x{size} on {torch.get_num_threads()} CPU threads: encode {encode:.3f} s, decode {decode:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
