@@ -17,14 +17,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from uldm.models import SpeUAE
 from uldm.training import (
     ConfigError,
     TrainConfig,
     base_argument_parser,
-    batches_from,
     build_accelerator,
     build_scheduler,
     build_train_loader,
@@ -32,9 +30,9 @@ from uldm.training import (
     config_from_args,
     load_frozen_vae,
     resume,
-    save_checkpoint,
     save_pretrained_atomic,
     scene_paths,
+    train_loop,
 )
 
 
@@ -135,40 +133,24 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
 
     # 3. resume: same step, optimizer, scheduler and RNG state; the batch stream is positioned after it
     step = resume(accelerator, output_dir, resume_from)
-    progress = tqdm(total=config.max_train_steps, initial=step, desc="stage 1", disable=not accelerator.is_local_main_process)
     channel = vae_round_trip(vae) if vae is not None else None
-    started = time.perf_counter()
 
     # 4. train
-    for _, batch in batches_from(loader, dataset, sampler, accelerator, step, config.gradient_accumulation_steps):
-        if step >= config.max_train_steps:
-            break
-        with accelerator.accumulate(model):
-            hsi, rgb = batch["hsi"], batch["rgb"]
-            outputs = model(hsi, rgb, code_channel=channel)
-            loss = reconstruction_loss(outputs[0], hsi, config.sam_weight)
-            if channel is not None:
-                loss = loss + config.vae_loss_weight * reconstruction_loss(outputs[2], hsi, config.sam_weight)
-            accelerator.backward(loss)
-            if accelerator.sync_gradients and config.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad()
-        if not accelerator.sync_gradients:
-            continue
-        step += 1
-        progress.update(1)
-        logs = {"train/loss": loss.detach().item(), "lr": scheduler.get_last_lr()[0]}
-        progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
-        if step % config.checkpointing_steps == 0 or step == config.max_train_steps:
-            save_checkpoint(accelerator, output_dir, step, config.checkpoints_total_limit)
-        if step % config.validation_steps == 0 or step == config.max_train_steps:
-            if accelerator.is_main_process:
-                logs.update(validate(accelerator.unwrap_model(model), val_scenes, config, accelerator.device))
-                tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in logs.items() if k.startswith("val/")))
-            accelerator.wait_for_everyone()
-        accelerator.log(logs, step=step)
+    def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
+        hsi, rgb = batch["hsi"], batch["rgb"]
+        outputs = model(hsi, rgb, code_channel=channel)
+        loss = reconstruction_loss(outputs[0], hsi, config.sam_weight)
+        if channel is None:
+            return loss, {}
+        through_vae = reconstruction_loss(outputs[2], hsi, config.sam_weight)
+        return loss + config.vae_loss_weight * through_vae, {"train/loss_through_vae": through_vae.item()}
+
+    started = time.perf_counter()
+    step = train_loop(
+        accelerator, config, models=[model], optimizer=optimizer, lr_scheduler=scheduler, loader=loader,
+        dataset=dataset, sampler=sampler, start_step=step, loss_fn=loss_fn, desc="stage 1",
+        validate_fn=lambda _: validate(accelerator.unwrap_model(model), val_scenes, config, accelerator.device),
+    )
 
     # 5. final model
     accelerator.wait_for_everyone()

@@ -129,3 +129,125 @@ def tiny_vae_dir(tmp_path: Path) -> Path:
     )
     vae.save_pretrained(tmp_path / "tiny-vae")
     return tmp_path / "tiny-vae"
+
+
+# ------------------------------------------------------------------------------------------- model hub
+HUB_TEST_TOKEN = "hf_uldm_dummy_test_token"
+
+
+def _setattr_if_loaded(monkeypatch: pytest.MonkeyPatch, module_name: str, name: str, value) -> None:
+    """Patch a copy of a constant that a module took at import time (`from ..constants import X`), if loaded."""
+    import sys
+
+    module = sys.modules.get(module_name)
+    if module is not None and hasattr(module, name):
+        monkeypatch.setattr(module, name, value)
+
+
+def _use_hub(monkeypatch: pytest.MonkeyPatch, endpoint: str, home: Path) -> None:
+    """Point huggingface_hub (this process and subprocesses) at `endpoint`, with home/cache/token under `home`.
+
+    huggingface_hub reads HF_ENDPOINT, HF_HOME, HF_HUB_CACHE, ... once, at import, into `huggingface_hub.constants`
+    (ENDPOINT, the /resolve/ URL template, the trusted-hosts set and every path derived from HF_HOME), so the
+    environment variables alone only reach subprocesses: the constants are patched too.
+    """
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = endpoint.rstrip("/")
+    cache = home / "hub"
+    cache.mkdir(parents=True, exist_ok=True)
+    env = {
+        "HF_ENDPOINT": endpoint, "HF_HOME": str(home), "HF_HUB_CACHE": str(cache),
+        "HF_ASSETS_CACHE": str(home / "assets"), "HF_XET_CACHE": str(home / "xet"),
+        "HF_TOKEN_PATH": str(home / "token"), "HF_TOKEN": HUB_TEST_TOKEN,
+        "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_UPDATE_CHECK": "1",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    for key in ("HUGGINGFACE_HUB_CACHE", "HUGGING_FACE_HUB_TOKEN", "TRANSFORMERS_OFFLINE", "HUGGINGFACE_CO_STAGING"):
+        monkeypatch.delenv(key, raising=False)
+    patched = {
+        "ENDPOINT": endpoint,
+        "HUGGINGFACE_CO_URL_TEMPLATE": endpoint + "/{repo_id}/resolve/{revision}/{filename}",
+        "HF_URL_HOSTS": frozenset(constants.HF_URL_HOSTS | {urlsplit(endpoint).hostname}),
+        "HF_HOME": str(home), "HF_HUB_CACHE": str(cache), "HUGGINGFACE_HUB_CACHE": str(cache),
+        "HF_ASSETS_CACHE": str(home / "assets"), "HF_XET_CACHE": str(home / "xet"),
+        "HF_TOKEN_PATH": str(home / "token"), "HF_STORED_TOKENS_PATH": str(home / "stored_tokens"),
+        "AGENT_HARNESSES_PATH": str(home / ".agent_harnesses.json"),
+        "HF_HUB_OFFLINE": False, "HF_HUB_DISABLE_TELEMETRY": True, "HF_HUB_DISABLE_UPDATE_CHECK": True,
+    }
+    for name, value in patched.items():
+        if hasattr(constants, name):
+            monkeypatch.setattr(constants, name, value)
+    _setattr_if_loaded(monkeypatch, "huggingface_hub.utils._cache_manager", "HF_HUB_CACHE", str(cache))
+    _setattr_if_loaded(monkeypatch, "huggingface_hub.utils._cache_assets", "HF_ASSETS_CACHE", str(home / "assets"))
+    # diffusers keeps its own copies (used in its messages and offline checks)
+    _setattr_if_loaded(monkeypatch, "diffusers.utils.constants", "HUGGINGFACE_CO_RESOLVE_ENDPOINT", endpoint)
+    _setattr_if_loaded(monkeypatch, "diffusers.utils.hub_utils", "HUGGINGFACE_CO_RESOLVE_ENDPOINT", endpoint)
+    _setattr_if_loaded(monkeypatch, "diffusers.utils.hub_utils", "HF_HUB_OFFLINE", False)
+
+
+def _free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def hub_server(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A running Hugging Face Hub-compatible server (tests/hub_server.py) on 127.0.0.1, its repos stored in
+    tmp_path/'hub-server'. While the test runs, huggingface_hub talks to it (constants and HF_ENDPOINT patched),
+    with HF_HOME in tmp_path/'hf-home' (cache in its 'hub'), a dummy HF_TOKEN, telemetry off and offline mode
+    off. Yields the HubServer; afterwards it is stopped and every patch undone."""
+    from hub_server import HubServer
+
+    server = HubServer(tmp_path / "hub-server").start()
+    try:
+        _use_hub(monkeypatch, server.url, tmp_path / "hf-home")
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def unreachable_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Like `hub_server`, but huggingface_hub points at a 127.0.0.1 port nobody listens on; returns that URL."""
+    url = f"http://127.0.0.1:{_free_port()}"
+    _use_hub(monkeypatch, url, tmp_path / "hf-home")
+    return url
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_dir(tmp_path_factory) -> Path:
+    """A tiny Stable Diffusion checkpoint in the real diffusers layout (unet/, vae/, scheduler/, text_encoder/,
+    tokenizer/, model_index.json), written once per session by the same code users' recipes rely on."""
+    from uldm.sd_scaffold import write_small_sd
+
+    return write_small_sd(tmp_path_factory.mktemp("sd") / "tiny-sd", size="tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_speuae_dir(tmp_path_factory) -> Path:
+    from uldm.models import SpeUAE
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("speuae") / "speuae"
+    SpeUAE(encoder_channels=16, decoder_channels=16, num_layers=2).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_pipeline(tiny_sd_dir, tiny_speuae_dir):
+    """An untrained SpectralReconstructionPipeline assembled exactly as stage 2 assembles the trained one."""
+    from uldm.models import SpeUAE
+    from uldm.models.sd_adapter import load_stable_diffusion
+    from uldm.stages.train_uldm import build_pipeline
+
+    parts = load_stable_diffusion(str(tiny_sd_dir))
+    return build_pipeline(parts.unet.eval(), parts.vae, parts.noise_scheduler, SpeUAE.from_pretrained(tiny_speuae_dir),
+                          parts.empty_prompt, default_denoising_steps=2)

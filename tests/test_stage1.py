@@ -131,7 +131,7 @@ def test_two_process_run_leaves_identical_weights_on_both_ranks(tmp_path, tiny_c
     accelerate = Path(sys.executable).with_name("accelerate")
     command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-               str(REPO / "tests" / "helpers" / "train_and_dump.py"), str(config)]
+               str(REPO / "tests" / "helpers" / "train_and_dump.py"), "speuae", str(config)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -21,6 +21,10 @@ from .spectral import DEFAULT_GRID, SpectralGrid, SpectralGridError
 
 # name -> module that defines it, imported on first access
 _LAZY = {
+    "SpectralReconstructionPipeline": ".pipelines.pipeline_spectral_reconstruction",
+    "SpectralReconstructionOutput": ".pipelines.pipeline_spectral_reconstruction",
+    "SpeUAE": ".models.speuae",
+    "PromptEmbedding": ".models.sd_adapter",
     "save_cube": ".io",
     "load_cube": ".io",
     "evaluate_cube": ".metrics",

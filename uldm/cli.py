@@ -177,8 +177,59 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------------------------- relight
+def add_relight(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "relight", help="re-render a photo under another illuminant through its reconstructed spectra",
+        description="Reconstruct spectra from INPUT, then render them as the camera (or the CIE observer, "
+                    "--output srgb) would see the scene under --to. `uldm relight --list` names the illuminants.",
+    )
+    parser.add_argument("input", nargs="?", type=Path, metavar="INPUT", help="the photo (PNG/JPEG/BMP/TIFF, 8 or 16 bit)")
+    parser.add_argument("--to", metavar="ILLUMINANT", help="illuminant to relight under: a name (D65, A, FL11/F11, LED-B1, ...) or a CSV wavelength,power")
+    parser.add_argument("--from", dest="from_", default="E", metavar="ILLUMINANT",
+                        help="illuminant the photo was taken under (default: E, how uldm's training RGB is rendered)")
+    parser.add_argument("-o", dest="destination", type=Path, metavar="OUT.png", help="where to write the relit 8-bit sRGB PNG")
+    parser.add_argument("--checkpoint", help="model folder, file or hub id (default: the best model in checkpoints/)")
+    parser.add_argument("--input-space", choices=["srgb", "linear"], default="srgb",
+                        help="how the image values are encoded (default: srgb, as ordinary photos are)")
+    parser.add_argument("--output", choices=["camera", "srgb"], default="camera",
+                        help="colour space of the rendering: the model's camera RGB, encoded like the input "
+                             "(default), or sRGB through the CIE 1931 observer. -o names the file")
+    parser.add_argument("--white-balance", action="store_true",
+                        help="remove the light's colour cast, as an auto-white-balanced camera would")
+    parser.add_argument("--list", action="store_true", help="print the illuminant names and exit")
+    parser.set_defaults(handler=run_relight)
+
+
+def run_relight(args: argparse.Namespace) -> int:
+    from .relight import available_illuminants, load_illuminant
+
+    if args.list:
+        print("\n".join(available_illuminants()))
+        print("(F1-F12 mean FL1-FL12; case does not matter; or give a CSV file wavelength,power)")
+        return 0
+    missing = [flag for flag, value in (("INPUT", args.input), ("--to", args.to), ("-o", args.destination)) if value is None]
+    if missing:
+        raise ValueError(f"relight needs {', '.join(missing)} (or --list to see the illuminants)")
+
+    from .checkpoints import load_reconstructor
+    from .images import load_linear_rgb
+    from .relight import relight, save_srgb_png
+
+    model = load_reconstructor(args.checkpoint)
+    for spec in (args.to, args.from_):  # a typo should fail before the reconstruction runs, not after
+        load_illuminant(spec, model.camera.grid)
+    rgb = load_linear_rgb(args.input, args.input_space)
+    relit = relight(model(rgb), model.camera.grid.as_array(), args.to, from_=args.from_, camera=model.camera,
+                    output=args.output, white_balance=args.white_balance)
+    save_srgb_png(args.destination, relit)
+    print(f"{args.input} -> {args.destination} (from {args.from_} to {args.to}, {args.output} RGB"
+          f"{', white-balanced' if args.white_balance else ''})")
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- main
-SUBCOMMANDS = (add_info, add_reconstruct, add_baseline)
+SUBCOMMANDS = (add_info, add_reconstruct, add_baseline, add_relight)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,13 @@ class ObservableSplit(nn.Module):
         self.register_buffer("pinv", pinv, persistent=False)
         self.register_buffer("null_basis", null_basis, persistent=False)
 
+    def _apply(self, fn, recurse: bool = True):
+        """Follow device moves but stay float64: `model.half()` must not cost the exact RGB consistency."""
+        for name, buffer in self._buffers.items():
+            if buffer is not None:
+                self._buffers[name] = buffer.to(device=fn(buffer[:1]).device)
+        return self
+
     @property
     def num_bands(self) -> int:
         return self.response.shape[1]

@@ -20,10 +20,11 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence, Type, TypeVar
+from typing import Any, Callable, Iterator, Optional, Sequence, Type, TypeVar
 
 import torch
 import yaml
+from tqdm.auto import tqdm
 
 from .camera import CameraResponse
 from .degradation import Degradation
@@ -295,9 +296,25 @@ def batches_from(loader, dataset, sampler, accelerator, start_step: int, accumul
             # accelerate's loaders count their own epochs and re-seed the sampler from that count on every
             # iteration: set it, or a resumed run would replay epoch 0's order.
             epoch_loader.set_epoch(epoch)
-        for batch in epoch_loader:
+        for batch in without_rng_draws(epoch_loader):
             yield epoch, batch
         epoch, skip = epoch + 1, 0
+
+
+def without_rng_draws(loader) -> Iterator[Any]:
+    """Iterate `loader`, undoing the global-RNG draw its iterator makes on the first fetch (the workers' base seed).
+
+    Batches here are seeded per item, so that draw only shifts the stream a loss uses for noise; undoing it keeps
+    the noise a function of the step alone, identical in a resumed run (which starts an extra, skipping iterator).
+    """
+    iterator = iter(loader)
+    state = torch.get_rng_state()
+    first = next(iterator, None)
+    torch.set_rng_state(state)
+    if first is None:
+        return
+    yield first
+    yield from iterator
 
 
 def steps_per_epoch(loader, accumulation: int) -> int:
@@ -341,3 +358,63 @@ def load_frozen_vae(path: str, device: torch.device):
         raise ConfigError(f"vae_path {path}: cannot load an AutoencoderKL ({exc})") from exc
     vae.requires_grad_(False)
     return vae.eval().to(device)
+
+
+# -------------------------------------------------------------------------------------------------- loop
+def train_loop(
+    accelerator,
+    config: TrainConfig,
+    *,
+    models: Sequence[torch.nn.Module],
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    loader,
+    dataset,
+    sampler,
+    start_step: int,
+    loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
+    validate_fn: Optional[Callable[[int], dict[str, float]]] = None,
+    after_step: Optional[Callable[[], None]] = None,
+    desc: str = "train",
+) -> int:
+    """The optimisation loop every stage shares; returns the last step.
+
+    `loss_fn(batch) -> (loss, logs)` is the stage's only business. Around it: gradient accumulation and
+    clipping, `after_step` (e.g. an EMA update) after each optimizer step, atomic checkpoints every
+    `checkpointing_steps`, `validate_fn(step)` on the main process every `validation_steps`, tracker logging and
+    a progress bar.
+    """
+    output_dir = Path(config.output_dir)
+    step = start_step
+    params = [p for model in models for p in model.parameters() if p.requires_grad]
+    progress = tqdm(total=config.max_train_steps, initial=step, desc=desc, disable=not accelerator.is_local_main_process)
+    for _, batch in batches_from(loader, dataset, sampler, accelerator, step, config.gradient_accumulation_steps):
+        if step >= config.max_train_steps:
+            break
+        with accelerator.accumulate(*models):
+            loss, logs = loss_fn(batch)
+            accelerator.backward(loss)
+            if accelerator.sync_gradients and config.max_grad_norm:
+                accelerator.clip_grad_norm_(params, config.max_grad_norm)
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad()
+        if not accelerator.sync_gradients:
+            continue
+        step += 1
+        if after_step is not None:
+            after_step()
+        progress.update(1)
+        logs = {"train/loss": loss.detach().item(), **logs, "lr": lr_scheduler.get_last_lr()[0]}
+        progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
+        if step % config.checkpointing_steps == 0 or step == config.max_train_steps:
+            save_checkpoint(accelerator, output_dir, step, config.checkpoints_total_limit)
+        if validate_fn is not None and (step % config.validation_steps == 0 or step == config.max_train_steps):
+            if accelerator.is_main_process:
+                metrics = validate_fn(step)
+                logs.update(metrics)
+                tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+            accelerator.wait_for_everyone()
+        accelerator.log(logs, step=step)
+    progress.close()
+    return step

@@ -133,13 +133,16 @@ class SpeUAE(ModelMixin, ConfigMixin):
         linear = self.linear_encoder(u.movedim(1, -1)).movedim(-1, 1)
         return torch.tanh(linear + self.encoder(torch.cat([u, rgb * 2 - 1], dim=1)))
 
-    def decode(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        """Code image + RGB -> spectra Φ⁺c + N û, which render back to `rgb` exactly."""
+    def decode_unobservable(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """Code image + RGB -> û, the coordinates of the unobservable part (B-3 channels)."""
         self._check(code, self.config.code_channels, "decode")
         self._check(rgb, 3, "decode (rgb)")
         linear = self.linear_decoder(code.movedim(1, -1)).movedim(-1, 1)
-        u = (linear + self.decoder(torch.cat([code, rgb * 2 - 1], dim=1))) / self.config.unobservable_scale
-        return self.split.compose(rgb, u, dim=1)
+        return (linear + self.decoder(torch.cat([code, rgb * 2 - 1], dim=1))) / self.config.unobservable_scale
+
+    def decode(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """Code image + RGB -> spectra Φ⁺c + N û, which render back to `rgb` exactly."""
+        return self.split.compose(rgb, self.decode_unobservable(code, rgb), dim=1)
 
     def forward(
         self,

@@ -1,0 +1,293 @@
+"""Stage 2: fine-tune a pretrained Stable Diffusion UNet (and optionally the VAE decoder) into the ULDM.
+
+    accelerate launch stages/train_uldm.py --config stages/configs/uldm_cave_small.yaml
+    accelerate launch stages/train_uldm.py --config stages/configs/uldm_arad_sd21.yaml     # the paper-scale recipe
+
+The frozen stage-1 SpeUAE turns ground-truth spectra into code images; the VAE (SpaAE) encodes code and RGB;
+the UNet, its conv_in widened to [RGB latent, noisy code latent], learns to denoise the code latent with the
+pretrained scheduler's noise and prediction type. The result is saved as a complete
+`SpectralReconstructionPipeline` in <output_dir>/pipeline (and pushed to a hub with `push_to_hub: true`).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from uldm.models import SpeUAE
+from uldm.models.sd_adapter import StableDiffusionLoadError, load_stable_diffusion
+from uldm.training import (
+    ConfigError,
+    TrainConfig,
+    base_argument_parser,
+    build_accelerator,
+    build_scheduler,
+    build_train_loader,
+    config_dict,
+    config_from_args,
+    resume,
+    save_pretrained_atomic,
+    scene_paths,
+    train_loop,
+)
+
+
+@dataclass
+class ULDMConfig(TrainConfig):
+    pretrained_model_name_or_path: Optional[str] = None  # hub id or local SD folder (required)
+    revision: Optional[str] = None
+    variant: Optional[str] = None
+    speuae_path: Optional[str] = None  # stage-1 output folder (required)
+    learning_rate: float = 5e-5
+    train_vae_decoder: bool = False  # also fine-tune the VAE decoder to reproduce code images
+    vae_learning_rate: float = 1e-5
+    use_ema: bool = False
+    ema_decay: float = 0.999
+    gradient_checkpointing: bool = False
+    # validation and the saved pipeline's defaults
+    validation_inference_steps: int = 4
+    default_denoising_steps: int = 4
+    default_processing_resolution: int = 0
+    default_ensemble_size: int = 1
+    # hub
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+    hub_private: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        for name in ("pretrained_model_name_or_path", "speuae_path"):
+            if not getattr(self, name):
+                raise ConfigError(f"{name} is required")
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("push_to_hub needs hub_model_id (org/name)")
+
+
+class CodeDecoderLoss(nn.Module):
+    """L1 between VAE.decode(latent) and the code image: a forward of its own so DDP syncs the decoder's grads."""
+
+    def __init__(self, vae) -> None:
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
+        return F.l1_loss(decoded.float(), code.float())
+
+
+def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet must predict under the pretrained scheduler's prediction type."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "sample":
+        return latents
+    raise ConfigError(f"unsupported prediction_type {kind!r} in the pretrained scheduler")
+
+
+def build_pipeline(unet, vae, noise_scheduler, speuae, empty_prompt, **defaults):
+    """The inference pipeline from the current components: DDIM with trailing spacing (1 step starts at t=999).
+    `defaults`: default_denoising_steps / default_processing_resolution / default_ensemble_size."""
+    from diffusers import DDIMScheduler
+
+    from uldm.pipelines import SpectralReconstructionPipeline
+
+    scheduler = DDIMScheduler.from_config(noise_scheduler.config, timestep_spacing="trailing", clip_sample=False,
+                                          set_alpha_to_one=False, steps_offset=0)
+    return SpectralReconstructionPipeline(unet=unet, vae=vae, scheduler=scheduler, speuae=speuae,
+                                          prompt_embedding=empty_prompt, **defaults)
+
+
+def pipeline_defaults(config: ULDMConfig) -> dict[str, int]:
+    return {"default_denoising_steps": config.default_denoising_steps,
+            "default_processing_resolution": config.default_processing_resolution,
+            "default_ensemble_size": config.default_ensemble_size}
+
+
+@torch.no_grad()
+def validate(pipeline, scenes: Sequence[Path], config: ULDMConfig, accelerator, step: int) -> dict[str, float]:
+    """Reconstruct the val scenes from their rendered RGB (fixed seed) and score them; log a preview."""
+    from uldm.data import read_scene
+    from uldm.metrics import evaluate_cube, mean_metrics
+    from uldm.visualize import cube_to_srgb
+
+    camera = pipeline.camera
+    rows, previews = [], []
+    for index, path in enumerate(scenes):
+        cube = read_scene(path, format=config.data_format, grid=camera.grid).cube
+        out = pipeline(camera.render(cube), num_inference_steps=config.validation_inference_steps, input_space="linear",
+                       generator=torch.Generator().manual_seed(index), show_progress_bar=False)
+        rows.append({**evaluate_cube(out.spectra[0], cube), "rgb_error": float(out.rgb_error[0])})
+        if index == 0:
+            wavelengths = camera.grid.as_array()
+            previews.append(np.concatenate([cube_to_srgb(cube, wavelengths), cube_to_srgb(out.spectra[0], wavelengths)], axis=1))
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.writer.add_images("val/ground_truth|reconstruction", np.stack(previews), step, dataformats="NHWC")
+    return {f"val/{k}": v for k, v in mean_metrics(rows).items()}
+
+
+def load_components(config: ULDMConfig):
+    try:
+        parts = load_stable_diffusion(config.pretrained_model_name_or_path, revision=config.revision, variant=config.variant)
+    except StableDiffusionLoadError as exc:
+        raise ConfigError(f"pretrained_model_name_or_path: {exc}") from exc
+    speuae_folder = Path(config.speuae_path)
+    if not (speuae_folder / "config.json").exists():
+        raise ConfigError(f"speuae_path {speuae_folder}: no config.json (expected the stage-1 output, <run>/speuae)")
+    speuae = SpeUAE.from_pretrained(str(speuae_folder))
+    if speuae.camera != config.camera_response():
+        raise ConfigError(f"camera {config.camera!r} differs from the camera SpeUAE was trained for "
+                          f"({speuae.camera.name}); the RGB must be rendered with the same response")
+    return parts, speuae
+
+
+def train(config: ULDMConfig, resume_from: Optional[str] = None):
+    """Run stage 2 in this process (one of several under `accelerate launch`); returns the pipeline."""
+    from accelerate.utils import set_seed
+    from diffusers.training_utils import EMAModel
+
+    output_dir = Path(config.output_dir)
+    accelerator = build_accelerator(config)
+    set_seed(config.seed)
+    weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
+
+    # 1. pretrained components: widened UNet (trainable, fp32 master weights), frozen VAE encoder, SpeUAE, prompt
+    parts, speuae = load_components(config)
+    unet, vae, noise_scheduler, empty_prompt = parts.unet, parts.vae, parts.noise_scheduler, parts.empty_prompt
+    vae.requires_grad_(False)
+    speuae.requires_grad_(False).eval()
+    if config.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    trainable = [unet]
+    decoder_loss = None
+    if config.train_vae_decoder:
+        vae.decoder.requires_grad_(True)
+        vae.post_quant_conv.requires_grad_(True)
+        decoder_loss = CodeDecoderLoss(vae)
+        trainable.append(decoder_loss)
+    else:
+        vae.to(accelerator.device, dtype=weight_dtype)
+    speuae.to(accelerator.device)
+    ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=type(unet), model_config=unet.config) if config.use_ema else None
+
+    # 2. data: seeded random patches of spectra, RGB rendered with SpeUAE's camera
+    dataset, sampler, loader = build_train_loader(config, speuae.camera)
+    val_scenes = scene_paths(config, config.val_scenes)
+
+    # 3. optimiser and schedule; accelerate wraps what trains
+    groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.learning_rate}]
+    if decoder_loss is not None:
+        groups.append({"params": [p for p in decoder_loss.parameters() if p.requires_grad], "lr": config.vae_learning_rate})
+    optimizer = torch.optim.AdamW(groups, weight_decay=config.adam_weight_decay)
+    lr_scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
+    prepared = accelerator.prepare(*trainable, optimizer, loader, lr_scheduler)
+    models, (optimizer, loader, lr_scheduler) = list(prepared[:len(trainable)]), prepared[len(trainable):]
+    unet = models[0]
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+    text = empty_prompt.embedding.to(accelerator.device, dtype=torch.float32)
+    if accelerator.is_main_process:
+        accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
+    step = resume(accelerator, output_dir, resume_from)
+    frozen_vae = accelerator.unwrap_model(models[1]).vae if decoder_loss is not None else vae
+    scaling = frozen_vae.config.scaling_factor
+
+    # 4. train: code latents noised by the pretrained scheduler, UNet predicts its target next to the RGB latent
+    def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
+        hsi, rgb = batch["hsi"], batch["rgb"]
+        with torch.no_grad():
+            code = speuae.encode(hsi, rgb)
+            latents = frozen_vae.encode(code.to(frozen_vae.dtype)).latent_dist.sample() * scaling
+            condition = frozen_vae.encode((rgb * 2 - 1).to(frozen_vae.dtype)).latent_dist.mode() * scaling
+        latents, condition = latents.float(), condition.float()
+        noise = torch.randn_like(latents)
+        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+        prediction = unet(torch.cat([condition, noisy], dim=1), timesteps,
+                          encoder_hidden_states=text.expand(len(latents), -1, -1)).sample
+        loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
+        if decoder_loss is None:
+            return loss, {}
+        code_loss = models[1](latents, code)
+        return loss + code_loss, {"train/vae_decoder_l1": code_loss.item()}
+
+    def validate_fn(current: int) -> dict[str, float]:
+        unwrapped = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(unwrapped.parameters())
+            ema.copy_to(unwrapped.parameters())
+        unwrapped.eval()
+        pipeline = build_pipeline(unwrapped, frozen_vae, noise_scheduler, speuae, empty_prompt, **pipeline_defaults(config))
+        metrics = validate(pipeline, val_scenes, config, accelerator, current)
+        unwrapped.train()
+        if ema is not None:
+            ema.restore(unwrapped.parameters())
+        return metrics
+
+    started = time.perf_counter()
+    step = train_loop(
+        accelerator, config, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader,
+        dataset=dataset, sampler=sampler, start_step=step, loss_fn=loss_fn, validate_fn=validate_fn,
+        after_step=(lambda: ema.step(unet.parameters())) if ema is not None else None, desc="stage 2",
+    )
+    seconds = time.perf_counter() - started
+
+    # 5. the complete pipeline (EMA weights if kept), saved atomically; model card; optional push
+    accelerator.wait_for_everyone()
+    unet = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.copy_to(unet.parameters())
+    pipeline = build_pipeline(unet.eval(), frozen_vae.to(torch.float32), noise_scheduler, speuae, empty_prompt,
+                              **pipeline_defaults(config))
+    if accelerator.is_main_process:
+        folder = save_pretrained_atomic(pipeline, output_dir / "pipeline")
+        accelerator.print(f"saved {folder} after {step} steps ({seconds:.0f} s this run, "
+                          f"{step * config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps / max(seconds, 1e-9):.2f} samples/s)")
+        write_card(folder, config, step)
+        if config.push_to_hub:
+            from uldm.hub import push_folder
+
+            accelerator.print(f"pushed: {push_folder(folder, config.hub_model_id, private=config.hub_private)}")
+    accelerator.end_training()
+    return pipeline
+
+
+def write_card(folder: Path, config: ULDMConfig, step: int) -> None:
+    """A model card saying what the pipeline was trained from and on."""
+    try:
+        from uldm.hub import write_model_card
+    except ImportError:  # the hub helpers are optional for training
+        return
+    write_model_card(
+        folder, title=f"ULDM spectral reconstruction ({Path(config.output_dir).name})",
+        description=(f"Stage 2 fine-tuned from `{config.pretrained_model_name_or_path}` for {step} steps "
+                     f"with SpeUAE `{config.speuae_path}` on {config.data_format} data ({config.train_scenes})."),
+        metrics=None, camera=config.camera, training=f"uldm stage 2, config: {config_dict(config)}",
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = base_argument_parser("Stage 2: fine-tune Stable Diffusion into the ULDM").parse_args(argv)
+    try:
+        config = config_from_args(ULDMConfig, args)
+        train(config, args.resume_from_checkpoint)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""SpectralReconstructionPipeline: outputs, determinism, inputs, save/load and hub push/pull (tiny, untrained)."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from uldm import SpectralReconstructionPipeline
+from uldm.images import ImageError, save_png16
+
+
+@pytest.fixture
+def rgb():
+    yy, xx = np.mgrid[0:24, 0:20] / 24.0
+    return np.stack([0.2 + 0.5 * yy, 0.3 + 0.4 * xx, 0.6 - 0.3 * yy], axis=-1).astype(np.float32)
+
+
+def run(pipe, image, seed=0, **kwargs):
+    kwargs.setdefault("input_space", "linear")
+    return pipe(image, generator=torch.Generator().manual_seed(seed), show_progress_bar=False, **kwargs)
+
+
+def test_output_shapes_and_exact_rgb_consistency(tiny_pipeline, rgb):
+    out = run(tiny_pipeline, rgb, ensemble_size=3)
+    assert out.spectra.shape == (1, 24, 20, 31) and out.uncertainty.shape == (1, 24, 20, 31)
+    assert out.code.shape == (1, 24, 20, 3) and out.wavelengths.shape == (31,)
+    assert out.rgb_error.shape == (1,) and out.rgb_error[0] < 1e-5
+    rendered = tiny_pipeline.camera.render(out.spectra[0].astype(np.float64))
+    assert np.abs(rendered - rgb).max() < 1e-5
+    assert out.uncertainty.max() > 0
+
+
+def test_single_member_has_zero_uncertainty_and_pt_layout(tiny_pipeline, rgb):
+    out = run(tiny_pipeline, rgb, ensemble_size=1, output_type="pt")
+    assert out.spectra.shape == (1, 31, 24, 20)
+    assert torch.count_nonzero(out.uncertainty) == 0
+
+
+def test_one_step_works_and_starts_at_the_last_timestep(tiny_pipeline, rgb):
+    out = run(tiny_pipeline, rgb, num_inference_steps=1)
+    assert np.isfinite(out.spectra).all()
+    assert tiny_pipeline.scheduler.timesteps.tolist() == [999]
+
+
+def test_fixed_generator_is_deterministic_and_seeds_differ(tiny_pipeline, rgb):
+    a, b, c = run(tiny_pipeline, rgb, seed=1), run(tiny_pipeline, rgb, seed=1), run(tiny_pipeline, rgb, seed=2)
+    np.testing.assert_array_equal(a.spectra, b.spectra)
+    assert not np.array_equal(a.spectra, c.spectra)
+
+
+def test_batch_of_three_equals_three_single_calls(tiny_pipeline, rgb):
+    images = [rgb, rgb[::-1].copy(), rgb * 0.5]
+    generator = torch.Generator().manual_seed(3)
+    batch = tiny_pipeline(images, generator=generator, batch_size=3, input_space="linear", show_progress_bar=False)
+    generator = torch.Generator().manual_seed(3)
+    singles = [tiny_pipeline(img, generator=generator, input_space="linear", show_progress_bar=False).spectra[0]
+               for img in images]
+    for got, expected in zip(batch.spectra, singles):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_processing_resolution_keeps_the_input_size_and_exactness(tiny_pipeline, rgb):
+    out = run(tiny_pipeline, rgb, processing_resolution=16)
+    assert out.spectra.shape == (1, 24, 20, 31) and out.rgb_error[0] < 1e-5
+    small = run(tiny_pipeline, rgb, processing_resolution=16, match_input_resolution=False)
+    assert small.spectra.shape[1:3] == (16, 13)
+
+
+def test_clamping_is_an_option_whose_cost_is_reported(tiny_pipeline, rgb):
+    out = run(tiny_pipeline, rgb, clamp=True)
+    assert out.spectra.min() >= 0 and out.spectra.max() <= 1
+    assert np.isfinite(out.rgb_error).all()
+
+
+def test_srgb_input_is_linearised(tiny_pipeline, rgb):
+    from uldm.images import linear_to_srgb
+
+    linear = run(tiny_pipeline, rgb)
+    encoded = run(tiny_pipeline, linear_to_srgb(rgb), input_space="srgb")
+    np.testing.assert_allclose(encoded.spectra, linear.spectra, atol=2e-3)
+
+
+def test_accepts_pil_tensors_paths_and_16_bit_png(tiny_pipeline, rgb, tmp_path):
+    path = save_png16(tmp_path / "x.png", rgb)
+    from_path = run(tiny_pipeline, str(path))
+    from_tensor = run(tiny_pipeline, torch.from_numpy(rgb).permute(2, 0, 1))
+    np.testing.assert_allclose(from_path.spectra, from_tensor.spectra, atol=1e-3)
+    rgba = Image.fromarray(np.concatenate([(rgb * 255).astype(np.uint8), np.full((24, 20, 1), 255, np.uint8)], -1))
+    assert run(tiny_pipeline, rgba).spectra.shape == (1, 24, 20, 31)
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((24, 20), np.float32), "greyscale"),
+    (np.full((24, 20, 3), np.nan, np.float32), "NaN"),
+    (np.zeros((24, 20, 3), np.int64), "unsupported pixel type"),
+])
+def test_bad_images_are_rejected_clearly(tiny_pipeline, bad, message):
+    with pytest.raises(ImageError, match=message):
+        run(tiny_pipeline, bad)
+
+
+def test_bad_arguments_are_rejected_clearly(tiny_pipeline, rgb):
+    with pytest.raises(ValueError, match="ensemble_size"):
+        run(tiny_pipeline, rgb, ensemble_size=0)
+    with pytest.raises(ValueError, match="same size"):
+        run(tiny_pipeline, [rgb, rgb[:10]])
+    with pytest.raises(ValueError, match="input_space"):
+        run(tiny_pipeline, rgb, input_space="adobe")
+
+
+def test_save_load_round_trip_gives_identical_spectra(tiny_pipeline, rgb, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    assert (tmp_path / "pipe" / "speuae" / "diffusion_pytorch_model.safetensors").exists()
+    assert not (tmp_path / "pipe" / "text_encoder").exists()  # no CLIP at inference
+    loaded = SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe")
+    np.testing.assert_array_equal(run(loaded, rgb).spectra, run(tiny_pipeline, rgb).spectra)
+
+
+def test_bf16_keeps_the_rgb_exact(tiny_pipeline, rgb, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    half = SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe", torch_dtype=torch.bfloat16)
+    assert half.unet.dtype == torch.bfloat16
+    out = run(half, rgb)
+    assert out.rgb_error[0] < 1e-5  # the spectra are composed in float32 with float64 bases
+
+
+def test_push_and_pull_over_http(tiny_pipeline, rgb, hub_server, tmp_path):
+    from huggingface_hub import HfApi
+
+    url = tiny_pipeline.push_to_hub("testorg/tiny-uldm", metrics={"psnr": 1.0})
+    assert "testorg/tiny-uldm" in url
+    files = {s.rfilename for s in HfApi().model_info("testorg/tiny-uldm").siblings}
+    assert {"model_index.json", "README.md", "speuae/config.json", "unet/diffusion_pytorch_model.safetensors"} <= files
+    pulled = SpectralReconstructionPipeline.from_pretrained("testorg/tiny-uldm", cache_dir=str(tmp_path / "empty-cache"))
+    np.testing.assert_array_equal(run(pulled, rgb).spectra, run(tiny_pipeline, rgb).spectra)
+
+
+def test_pull_from_an_unreachable_hub_is_a_clear_error(unreachable_hub, tmp_path):
+    from uldm.hub import HubError
+
+    cache = tmp_path / "cache"
+    with pytest.raises(HubError, match="cannot reach the model hub"):
+        SpectralReconstructionPipeline.from_pretrained("testorg/anything", cache_dir=str(cache))
+    assert not list(cache.rglob("*.incomplete"))

@@ -1,0 +1,166 @@
+"""Stage 2: loading SD checkpoints, the widened UNet, and the accelerate trainer (tiny SD built on disk)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from uldm.models.sd_adapter import StableDiffusionLoadError, load_stable_diffusion, widen_conv_in
+from uldm.stages.train_uldm import ULDMConfig, train
+from uldm.training import ConfigError, checkpoints_in, load_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -------------------------------------------------------------------------------------------- components
+def test_widened_unet_reproduces_the_original_when_condition_equals_target(tiny_sd_dir):
+    from diffusers import UNet2DConditionModel
+
+    original = UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet").eval()
+    widened = widen_conv_in(UNet2DConditionModel.from_pretrained(tiny_sd_dir, subfolder="unet")).eval()
+    assert widened.config.in_channels == 8 and widened.conv_in.in_channels == 8
+    latent = torch.randn(2, 4, 16, 16)
+    text = torch.randn(2, 2, original.config.cross_attention_dim)
+    with torch.no_grad():
+        expected = original(latent, 500, encoder_hidden_states=text).sample
+        got = widened(torch.cat([latent, latent], dim=1), 500, encoder_hidden_states=text).sample
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_saved_widened_unet_config_records_eight_inputs(tmp_path, tiny_sd_dir):
+    parts = load_stable_diffusion(str(tiny_sd_dir))
+    parts.unet.save_pretrained(tmp_path / "unet")
+    assert json.loads((tmp_path / "unet" / "config.json").read_text())["in_channels"] == 8
+
+
+def test_empty_prompt_is_encoded_once_without_padding(tiny_sd_dir):
+    parts = load_stable_diffusion(str(tiny_sd_dir))
+    assert parts.empty_prompt.embedding.shape == (1, 2, 32)  # BOS + EOS, text width 32
+
+
+def test_missing_folder_fails_fast(tmp_path):
+    with pytest.raises(StableDiffusionLoadError, match="no such folder"):
+        load_stable_diffusion(str(tmp_path / "nowhere"))
+
+
+def test_non_sd_folder_names_what_is_missing(tmp_path, tiny_sd_dir):
+    shutil.copytree(tiny_sd_dir / "vae", tmp_path / "not-sd" / "vae")
+    with pytest.raises(StableDiffusionLoadError, match="missing \\['unet', 'scheduler', 'text_encoder', 'tokenizer'\\]"):
+        load_stable_diffusion(str(tmp_path / "not-sd"))
+
+
+def test_wrong_in_channels_fails_fast(tmp_path, tiny_sd_dir):
+    folder = tmp_path / "inpainting-like"
+    shutil.copytree(tiny_sd_dir, folder)
+    config = json.loads((folder / "unet" / "config.json").read_text())
+    config["in_channels"] = 9
+    (folder / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(StableDiffusionLoadError, match="takes 9 input channels"):
+        load_stable_diffusion(str(folder))
+
+
+# ----------------------------------------------------------------------------------------------- trainer
+def write_config(tmp_path: Path, tiny_sd_dir: Path, speuae_dir: Path, data_root: Path, **overrides) -> Path:
+    config = {
+        "output_dir": str(tmp_path / "run"), "data_root": str(data_root), "data_format": "cave",
+        "pretrained_model_name_or_path": str(tiny_sd_dir), "speuae_path": str(speuae_dir),
+        "train_scenes": ["balloons_ms", "cd_ms"], "val_scenes": ["watercolors_ms"],
+        "patch_size": 16, "patches_per_scene": 4, "train_batch_size": 2, "max_train_steps": 4,
+        "checkpointing_steps": 2, "validation_steps": 4, "validation_inference_steps": 1,
+        "checkpoints_total_limit": 5, "report_to": None, "learning_rate": 1e-3, "use_ema": True, **overrides,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root))
+    uninterrupted = {k: v.clone() for k, v in train(config).unet.state_dict().items()}
+    output_dir = Path(config.output_dir)
+    assert [p.name for p in checkpoints_in(output_dir)] == ["checkpoint-2", "checkpoint-4"]
+    assert (output_dir / "pipeline" / "model_index.json").exists()
+    shutil.rmtree(output_dir / "checkpoint-4")
+    shutil.rmtree(output_dir / "pipeline")
+    resumed = train(config, resume_from="latest").unet.state_dict()
+    for name, tensor in uninterrupted.items():  # EMA weights included: they are what the pipeline keeps
+        torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.mark.slow
+def test_vae_decoder_fine_tuning_changes_only_the_decoder(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
+    from diffusers import AutoencoderKL
+
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
+                                                    train_vae_decoder=True, vae_learning_rate=1e-2, max_train_steps=2,
+                                                    checkpointing_steps=2, validation_steps=2, use_ema=False))
+    pipeline = train(config)
+    original = AutoencoderKL.from_pretrained(tiny_sd_dir, subfolder="vae").state_dict()
+    tuned = pipeline.vae.state_dict()
+    assert all(torch.equal(tuned[k], original[k]) for k in original if k.startswith("encoder."))
+    assert any(not torch.equal(tuned[k], original[k]) for k in original if k.startswith("decoder."))
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_loss_goes_down_on_real_cave_crops(tmp_path, tiny_sd_dir, tiny_speuae_dir, cave_root):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = load_config(ULDMConfig, write_config(
+        tmp_path, tiny_sd_dir, tiny_speuae_dir, cave_root, train_scenes=["cd_ms", "flowers_ms", "paints_ms"],
+        val_scenes=["balloons_ms"], patch_size=32, train_batch_size=4, max_train_steps=40, checkpointing_steps=40,
+        validation_steps=40, report_to="tensorboard", use_ema=False, learning_rate=2e-3, lr_warmup_steps=0,
+        lr_scheduler="constant"))
+    train(config)
+    events = EventAccumulator(str(Path(config.output_dir) / "logs" / config.tracker_project_name))
+    events.Reload()
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert len(losses) == 40
+    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
+    assert last < 0.8 * first, (first, last)
+
+
+@pytest.mark.slow
+def test_two_process_run_leaves_identical_weights_on_both_ranks(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
+    config = write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, max_train_steps=2,
+                          checkpointing_steps=2, validation_steps=2)
+    accelerate = Path(sys.executable).with_name("accelerate")
+    command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29518",
+               str(REPO / "tests" / "helpers" / "train_and_dump.py"), "uldm", str(config)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "MULTI_CPU" in result.stdout
+    out = tmp_path / "run"
+    rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
+    assert all(torch.equal(rank0[k], rank1[k]) for k in rank0)
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_missing_speuae_path_is_a_clear_config_error(tmp_path, tiny_sd_dir, tiny_cave_root):
+    path = write_config(tmp_path, tiny_sd_dir, tmp_path / "nope", tiny_cave_root)
+    config = load_config(ULDMConfig, path)
+    with pytest.raises(ConfigError, match="speuae_path .*nope.*stage-1 output"):
+        train(config)
+
+
+def test_bad_pretrained_path_is_reported_by_the_entry_point(tmp_path, tiny_speuae_dir, tiny_cave_root, capsys):
+    from uldm.stages.train_uldm import main
+
+    path = write_config(tmp_path, tmp_path / "no-sd-here", tiny_speuae_dir, tiny_cave_root)
+    assert main(["--config", str(path)]) == 2
+    assert "pretrained_model_name_or_path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["uldm_cave_small.yaml", "uldm_arad_sd21.yaml"])
+def test_shipped_configs_are_valid(name):
+    config = load_config(ULDMConfig, REPO / "stages" / "configs" / name)
+    assert config.pretrained_model_name_or_path and config.speuae_path

@@ -1,0 +1,88 @@
+"""Write small Stable Diffusion checkpoints in the real diffusers layout (unet/, vae/, scheduler/, text_encoder/,
+tokenizer/, model_index.json).
+
+No pretrained SD weights can be downloaded here, so tests and the bundled CAVE recipe start stage 2 from such a
+folder exactly as users start from `stabilityai/stable-diffusion-2-1`: same classes, same files, same loader.
+Weights are random (seeded); the tokenizer is built from a small local vocabulary.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import torch
+
+# name -> (UNet block widths, VAE block widths, text width). "tiny" is for tests; "small" is the CAVE recipe's.
+SIZES = {
+    "tiny": {"unet": (32, 64), "vae": (16, 32), "text": 32, "layers": 1},
+    "small": {"unet": (64, 128, 128), "vae": (32, 64, 64), "text": 64, "layers": 1},
+}
+
+
+def _write_tokenizer(folder: Path):
+    """A CLIP BPE tokenizer over lowercase letters: enough for the empty prompt the ULDM uses."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for char in string.ascii_lowercase:
+        vocab[char] = len(vocab)
+        vocab[f"{char}</w>"] = len(vocab)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "vocab.json").write_text(json.dumps(vocab))
+        (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
+        tokenizer = CLIPTokenizer(vocab_file=str(Path(tmp) / "vocab.json"), merges_file=str(Path(tmp) / "merges.txt"),
+                                  model_max_length=77)
+    return tokenizer
+
+
+def write_small_sd(folder: Union[str, Path], size: str = "tiny", seed: int = 0,
+                   prediction_type: str = "epsilon") -> Path:
+    """Save a randomly initialised SD-architecture pipeline of the given size; returns the folder."""
+    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    if size not in SIZES:
+        raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    spec = SIZES[size]
+    torch.manual_seed(seed)
+    levels = len(spec["unet"])
+    unet = UNet2DConditionModel(
+        sample_size=32, in_channels=4, out_channels=4, layers_per_block=spec["layers"],
+        block_out_channels=spec["unet"],
+        down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
+        cross_attention_dim=spec["text"], attention_head_dim=8, norm_num_groups=8,
+    )
+    vae_levels = len(spec["vae"])
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=spec["vae"],
+        down_block_types=("DownEncoderBlock2D",) * vae_levels, up_block_types=("UpDecoderBlock2D",) * vae_levels,
+        layers_per_block=spec["layers"], norm_num_groups=8, sample_size=64,
+    )
+    tokenizer = _write_tokenizer(Path(folder))
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=1000, hidden_size=spec["text"], intermediate_size=2 * spec["text"], num_attention_heads=4,
+        num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
+    ))
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
+                              beta_end=0.012, prediction_type=prediction_type, clip_sample=False)
+    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                       requires_safety_checker=False)
+    pipeline.save_pretrained(folder)
+    return Path(folder)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Write a randomly initialised SD-architecture checkpoint.")
+    parser.add_argument("folder", type=Path)
+    parser.add_argument("size", nargs="?", default="small", choices=sorted(SIZES))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(f"wrote {write_small_sd(args.folder, args.size, seed=args.seed)}")
