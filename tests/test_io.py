@@ -256,3 +256,14 @@ def test_lazy_exports():
     from uldm.metrics import evaluate_cube
 
     assert uldm.evaluate_cube is evaluate_cube
+
+
+def test_uncertainty_is_stored_beside_the_cube(tmp_path):
+    import h5py
+
+    cube = np.random.default_rng(0).random((4, 5, 31)).astype(np.float32)
+    save_cube(tmp_path / "u.h5", cube, DEFAULT_GRID.as_array(), uncertainty=cube / 10)
+    with h5py.File(tmp_path / "u.h5") as f:
+        np.testing.assert_allclose(f["uncertainty"][()], cube / 10)
+    with pytest.raises(CubeFileError, match="uncertainty shape"):
+        save_cube(tmp_path / "v.h5", cube, DEFAULT_GRID.as_array(), uncertainty=cube[:2])

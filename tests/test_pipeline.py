@@ -142,3 +142,37 @@ def test_pull_from_an_unreachable_hub_is_a_clear_error(unreachable_hub, tmp_path
     with pytest.raises(HubError, match="cannot reach the model hub"):
         SpectralReconstructionPipeline.from_pretrained("testorg/anything", cache_dir=str(cache))
     assert not list(cache.rglob("*.incomplete"))
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+def test_cli_reconstruct_and_evaluate_with_a_pipeline_checkpoint(tiny_pipeline, rgb, tmp_path, tiny_cave_root, capsys):
+    import json
+
+    from uldm.cli import main
+    from uldm.io import load_cube_attrs
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    save_png16(tmp_path / "in" / "a.png", rgb)
+    assert main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "pipe"),
+                 "--steps", "1", "--ensemble", "2", "--input-space", "linear"]) == 0
+    import h5py
+
+    with h5py.File(tmp_path / "out" / "a.h5") as f:
+        assert f["cube"].shape == (24, 20, 31) and f["uncertainty"].shape == (24, 20, 31)
+        assert f["uncertainty"][()].max() > 0
+    assert load_cube_attrs(tmp_path / "out" / "a.h5")["ensemble"] == 2
+    assert main(["evaluate", "--data", str(tiny_cave_root), "--split", "all", "--checkpoint", str(tmp_path / "pipe"),
+                 "--steps", "1", "--json", str(tmp_path / "r.json")]) == 0
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert len(report["per_scene"]) == 3 and report["mean"]["rgb_error"] < 1e-5
+
+
+def test_cli_push_and_pull(tiny_pipeline, tmp_path, hub_server, capsys):
+    from uldm.cli import main
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    assert main(["push", str(tmp_path / "pipe"), "testorg/cli-uldm"]) == 0
+    assert main(["pull", "testorg/cli-uldm", "-o", str(tmp_path / "pulled")]) == 0
+    assert (tmp_path / "pulled" / "model_index.json").read_text() == (tmp_path / "pipe" / "model_index.json").read_text()
+    assert main(["push", str(tmp_path), "testorg/x"]) == 2  # not a pipeline folder
+    assert "model_index.json" in capsys.readouterr().err

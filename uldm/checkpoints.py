@@ -15,13 +15,38 @@ from .camera import CameraResponse
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 # Best shipped model first; the first one present is the default.
-DEFAULT_CHECKPOINTS = ("baseline-rootpoly-nikon5100.npz",)
+DEFAULT_CHECKPOINTS = ("uldm-cave", "baseline-rootpoly-nikon5100.npz")
 
 
 class Reconstructor(Protocol):
     camera: CameraResponse
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray: ...
+
+
+class PipelineReconstructor:
+    """A diffusion pipeline seen as a Reconstructor: fixed steps, ensemble size and seed, linear RGB in."""
+
+    def __init__(self, pipeline, steps: Optional[int] = None, ensemble: Optional[int] = None, seed: int = 0,
+                 processing_resolution: Optional[int] = None) -> None:
+        self.pipeline, self.steps, self.ensemble, self.seed = pipeline, steps, ensemble, seed
+        self.processing_resolution = processing_resolution
+
+    @property
+    def camera(self) -> CameraResponse:
+        return self.pipeline.camera
+
+    def predict(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(spectra, uncertainty), each H x W x B."""
+        import torch
+
+        out = self.pipeline(rgb, num_inference_steps=self.steps, ensemble_size=self.ensemble, input_space="linear",
+                            processing_resolution=self.processing_resolution,
+                            generator=torch.Generator().manual_seed(self.seed), show_progress_bar=False)
+        return out.spectra[0], out.uncertainty[0]
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        return self.predict(rgb)[0]
 
 
 def default_checkpoint() -> Path:
@@ -31,11 +56,36 @@ def default_checkpoint() -> Path:
     raise FileNotFoundError(f"no shipped checkpoint found in {CHECKPOINTS_DIR} (looked for {DEFAULT_CHECKPOINTS})")
 
 
-def load_reconstructor(spec: Optional[Union[str, Path]] = None) -> Reconstructor:
-    """A model from a path (baseline .npz) or None for the shipped default."""
+def load_pipeline(spec: Union[str, Path], **kwargs):
+    """Any uldm pipeline (folder or hub id): the class is read from its model_index.json."""
+    import json
+
+    import uldm
+
+    from .hub import resolve_pretrained
+
+    folder = resolve_pretrained(str(spec), **kwargs)
+    index = folder / "model_index.json"
+    if not index.exists():
+        raise ValueError(f"{spec}: no model_index.json (expected a pipeline saved with save_pretrained)")
+    class_name = json.loads(index.read_text()).get("_class_name")
+    pipeline_class = getattr(uldm, str(class_name), None)
+    if pipeline_class is None or not hasattr(pipeline_class, "from_pretrained"):
+        raise ValueError(f"{spec}: model_index.json names {class_name!r}, which is not a uldm pipeline")
+    return pipeline_class.from_pretrained(folder)
+
+
+def load_reconstructor(spec: Optional[Union[str, Path]] = None, steps: Optional[int] = None,
+                       ensemble: Optional[int] = None, seed: int = 0,
+                       processing_resolution: Optional[int] = None) -> Reconstructor:
+    """A model from a baseline .npz, a pipeline folder or hub id, or None for the best shipped checkpoint.
+
+    `steps`, `ensemble`, `seed` and `processing_resolution` apply to diffusion pipelines (None: their defaults).
+    """
     path = Path(spec) if spec is not None else default_checkpoint()
     if path.suffix == ".npz":
         from .baseline import RootPolynomialRegression
 
         return RootPolynomialRegression.load(path)
-    raise ValueError(f"{spec}: not a known checkpoint (expected a baseline .npz)")
+    return PipelineReconstructor(load_pipeline(str(path)), steps=steps, ensemble=ensemble, seed=seed,
+                                 processing_resolution=processing_resolution)

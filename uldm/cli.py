@@ -49,6 +49,24 @@ def camera_and_degradation(args: argparse.Namespace):
     return CameraResponse.load(args.camera), degradation
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """--checkpoint and the diffusion options every command that runs a model takes."""
+    parser.add_argument("--checkpoint", help="pipeline folder, hub id (org/name) or baseline .npz "
+                                             "(default: the best model in checkpoints/)")
+    parser.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's)")
+    parser.add_argument("--ensemble", type=int, help="samples per image; their spread is the uncertainty (default: 1)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    parser.add_argument("--processing-resolution", type=int,
+                        help="run the diffusion with the longer side at this size (0: native; default: the pipeline's)")
+
+
+def model_from_args(args: argparse.Namespace):
+    from .checkpoints import load_reconstructor
+
+    return load_reconstructor(args.checkpoint, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
+                              processing_resolution=args.processing_resolution)
+
+
 # ------------------------------------------------------------------------------------------------- info
 def add_info(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("info", help="version, camera presets and dataset formats")
@@ -131,7 +149,7 @@ def add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("reconstruct", help="RGB images -> 31-band cubes (HDF5), with previews")
     parser.add_argument("inputs", nargs="+", type=Path, help="images (PNG/JPEG/BMP/TIFF, 8 or 16 bit) or folders of them")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder: one <name>.h5 per image")
-    parser.add_argument("--checkpoint", help="model folder, file or hub id (default: the best model in checkpoints/)")
+    add_model_arguments(parser)
     parser.add_argument("--input-space", choices=["srgb", "linear"], default="srgb",
                         help="how the image values are encoded (default: srgb, as ordinary photos are)")
     parser.add_argument("--preview", action="store_true", help="also write <name>_preview.png and <name>_spectra.png")
@@ -157,22 +175,23 @@ def expand_image_inputs(inputs: Sequence[Path]) -> list[Path]:
 def run_reconstruct(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    from .checkpoints import load_reconstructor
     from .images import load_linear_rgb
     from .io import save_cube
     from .visualize import pick_pixels, plot_spectra, save_preview
 
-    model = load_reconstructor(args.checkpoint)
+    model = model_from_args(args)
     wavelengths = model.camera.grid.as_array()
     for path in tqdm(expand_image_inputs(args.inputs), desc="reconstruct"):
         rgb = load_linear_rgb(path, args.input_space)
-        cube = model(rgb)
+        cube, uncertainty = model.predict(rgb) if hasattr(model, "predict") else (model(rgb), None)
         target = args.output / f"{path.stem}.h5"
-        save_cube(target, cube, wavelengths, camera=model.camera,
-                  attrs={"source": str(path), "input_space": args.input_space, "checkpoint": str(args.checkpoint or "default")})
+        provenance = {"source": str(path), "input_space": args.input_space, "checkpoint": str(args.checkpoint or "default"),
+                      "steps": args.steps, "ensemble": args.ensemble, "seed": args.seed}
+        save_cube(target, cube, wavelengths, camera=model.camera, attrs=provenance, uncertainty=uncertainty)
         if args.preview:
             save_preview(args.output / f"{path.stem}_preview.png", cube, wavelengths)
-            plot_spectra(args.output / f"{path.stem}_spectra.png", cube, wavelengths, pick_pixels(rgb))
+            plot_spectra(args.output / f"{path.stem}_spectra.png", cube, wavelengths, pick_pixels(rgb),
+                         uncertainty=uncertainty)
         tqdm.write(f"{path} -> {target}")
     return 0
 
@@ -189,7 +208,7 @@ def add_relight(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--from", dest="from_", default="E", metavar="ILLUMINANT",
                         help="illuminant the photo was taken under (default: E, how uldm's training RGB is rendered)")
     parser.add_argument("-o", dest="destination", type=Path, metavar="OUT.png", help="where to write the relit 8-bit sRGB PNG")
-    parser.add_argument("--checkpoint", help="model folder, file or hub id (default: the best model in checkpoints/)")
+    add_model_arguments(parser)
     parser.add_argument("--input-space", choices=["srgb", "linear"], default="srgb",
                         help="how the image values are encoded (default: srgb, as ordinary photos are)")
     parser.add_argument("--output", choices=["camera", "srgb"], default="camera",
@@ -212,11 +231,10 @@ def run_relight(args: argparse.Namespace) -> int:
     if missing:
         raise ValueError(f"relight needs {', '.join(missing)} (or --list to see the illuminants)")
 
-    from .checkpoints import load_reconstructor
     from .images import load_linear_rgb
     from .relight import relight, save_srgb_png
 
-    model = load_reconstructor(args.checkpoint)
+    model = model_from_args(args)
     for spec in (args.to, args.from_):  # a typo should fail before the reconstruction runs, not after
         load_illuminant(spec, model.camera.grid)
     rgb = load_linear_rgb(args.input, args.input_space)
@@ -228,8 +246,66 @@ def run_relight(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- evaluate
+def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("evaluate", help="score a checkpoint on ground-truth cubes (RGB rendered with its camera)")
+    add_data_arguments(parser, default_split="val")
+    add_model_arguments(parser)
+    parser.add_argument("--noise-photons", type=float, help="Poisson shot noise on the rendered RGB")
+    parser.add_argument("--bit-depth", type=int, help="quantise the rendered RGB to this many bits")
+    parser.add_argument("--jpeg-quality", type=int, help="JPEG-compress the rendered RGB")
+    add_report_arguments(parser)
+    parser.set_defaults(handler=run_evaluate)
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .degradation import Degradation
+
+    model = model_from_args(args)
+    degradation = Degradation(photons=args.noise_photons, bit_depth=args.bit_depth, jpeg_quality=args.jpeg_quality)
+    return report(model, select_scenes(args), model.camera, degradation, args)
+
+
+# ------------------------------------------------------------------------------------------------- hub
+def add_hub(subparsers: argparse._SubParsersAction) -> None:
+    pull = subparsers.add_parser("pull", help="download a pipeline from the model hub (HF_ENDPOINT) into the cache or a folder")
+    pull.add_argument("repo_id", help="org/name")
+    pull.add_argument("--revision", help="branch, tag or commit (default: main)")
+    pull.add_argument("-o", "--output", type=Path, help="also copy it to this folder")
+    pull.add_argument("--cache-dir", help="huggingface_hub cache to use")
+    pull.set_defaults(handler=run_pull)
+    push = subparsers.add_parser("push", help="upload a saved pipeline folder (with its model card) to the model hub")
+    push.add_argument("folder", type=Path, help="a folder written by save_pretrained (e.g. runs/uldm-cave/pipeline)")
+    push.add_argument("repo_id", help="org/name")
+    push.add_argument("--private", action="store_true")
+    push.add_argument("--revision", help="branch to push to (default: main)")
+    push.set_defaults(handler=run_push)
+
+
+def run_pull(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .hub import resolve_pretrained
+
+    folder = resolve_pretrained(args.repo_id, revision=args.revision, cache_dir=args.cache_dir)
+    if args.output is not None:
+        shutil.copytree(folder, args.output, dirs_exist_ok=True)
+        folder = args.output
+    print(folder)
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    from .hub import push_folder
+
+    if not (args.folder / "model_index.json").exists():
+        raise ValueError(f"{args.folder}: no model_index.json (push a folder written by save_pretrained)")
+    print(push_folder(args.folder, args.repo_id, private=args.private, revision=args.revision))
+    return 0
+
+
 # ------------------------------------------------------------------------------------------------- main
-SUBCOMMANDS = (add_info, add_reconstruct, add_baseline, add_relight)
+SUBCOMMANDS = (add_info, add_reconstruct, add_evaluate, add_relight, add_baseline, add_hub)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -134,8 +134,11 @@ def save_cube(
     *,
     camera: Any = None,
     attrs: Optional[Mapping[str, Any]] = None,
+    uncertainty: Any = None,
 ) -> Path:
     """Write an H x W x B cube (as float32) atomically; the format follows the suffix.
+
+    `uncertainty` (same shape: per-pixel, per-band spread of an ensemble) is stored beside the cube in .h5/.npz.
 
     .h5/.hdf5: datasets `cube` (gzip 4) and `wavelengths`, plus attributes: format, format_version,
     uldm_version, created (UTC), camera_name/camera_response/camera_wavelengths when a `CameraResponse` is
@@ -145,24 +148,32 @@ def save_cube(
     path = Path(path)
     suffix = _suffix(path)
     cube, wl = _validated_cube(cube, wavelengths)
+    extra = {}
+    if uncertainty is not None:
+        extra["uncertainty"], _ = _validated_cube(uncertainty, wavelengths)
+        if extra["uncertainty"].shape != cube.shape:
+            raise CubeFileError(f"uncertainty shape {extra['uncertainty'].shape} differs from the cube's {cube.shape}")
     with atomic_write(path) as tmp:
         if suffix in HDF5_SUFFIXES:
-            _write_hdf5(tmp, cube, wl, _provenance(camera, attrs))
+            _write_hdf5(tmp, cube, wl, _provenance(camera, attrs), extra)
         elif suffix == ".npz":
             with open(tmp, "wb") as handle:
-                np.savez(handle, cube=cube, wavelengths=wl)
+                np.savez(handle, cube=cube, wavelengths=wl, **extra)
         else:
             with open(tmp, "wb") as handle:
                 np.save(handle, cube)
     return path
 
 
-def _write_hdf5(path: Path, cube: np.ndarray, wavelengths: np.ndarray, attrs: dict[str, Any]) -> None:
+def _write_hdf5(path: Path, cube: np.ndarray, wavelengths: np.ndarray, attrs: dict[str, Any],
+                extra: Mapping[str, np.ndarray]) -> None:
     import h5py
 
     with h5py.File(path, "w") as f:
         f.create_dataset("cube", data=cube, compression="gzip", compression_opts=4, shuffle=True)
         f.create_dataset("wavelengths", data=wavelengths)
+        for name, data in extra.items():
+            f.create_dataset(name, data=data, compression="gzip", compression_opts=4, shuffle=True)
         for key, value in attrs.items():
             try:
                 f.attrs[key] = value

@@ -232,6 +232,6 @@ def format_table(rows: Mapping[str, Mapping[str, float]], first_column: str = "s
 
     rule = "-" * len(render(lines[0]))
     body = [render(line) for line in lines[1:]]
-    if rows:
+    if rows and mean_row:
         body.insert(len(body) - 1, rule)
     return "\n".join([render(lines[0]), rule, *body])

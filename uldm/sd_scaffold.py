@@ -19,7 +19,7 @@ import torch
 # name -> (UNet block widths, VAE block widths, text width). "tiny" is for tests; "small" is the CAVE recipe's.
 SIZES = {
     "tiny": {"unet": (32, 64), "vae": (16, 32), "text": 32, "layers": 1},
-    "small": {"unet": (64, 128, 128), "vae": (32, 64, 64), "text": 64, "layers": 1},
+    "small": {"unet": (32, 64, 64), "vae": (16, 32, 32), "text": 64, "layers": 1},
 }
 
 
