@@ -47,6 +47,20 @@ def speuae_model(model: SpeUAE):
     return round_trip
 
 
+def spaae_model(model: SpeUAE, vae):
+    """Code through the VAE (encode, posterior mean, decode) before decoding: the ULDM's ceiling."""
+
+    @torch.no_grad()
+    def round_trip(cube: np.ndarray) -> np.ndarray:
+        hsi = torch.from_numpy(cube).permute(2, 0, 1)[None]
+        rgb = model.split.render(hsi, dim=1)
+        code = model.encode(hsi, rgb)
+        code = vae.decode(vae.encode(code).latent_dist.mode()).sample.clamp(-1, 1)
+        return model.decode(code, rgb)[0].permute(1, 2, 0).numpy()
+
+    return round_trip
+
+
 def time_model(model: SpeUAE, size: int, repeats: int = 5) -> tuple[float, float]:
     hsi = torch.rand(1, model.num_bands, size, size)
     with torch.inference_mode():
@@ -68,6 +82,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speuae", type=Path, required=True, help="folder written by save_pretrained")
     parser.add_argument("--data", type=Path, default=default_cave_root())
+    parser.add_argument("--vae", type=Path, help="also pass the code through this SD VAE (folder with config.json)")
     args = parser.parse_args()
 
     model = SpeUAE.from_pretrained(args.speuae).eval()
@@ -80,6 +95,10 @@ def main() -> None:
     models = {"linear code k=3 (PCA of u)": linear_code_model(split, train, 3),
               "linear code k=6 (PCA of u)": linear_code_model(split, train, 6),
               f"SpeUAE ({sum(p.numel() for p in model.parameters())} params)": speuae_model(model)}
+    if args.vae is not None:
+        from diffusers import AutoencoderKL
+
+        models["SpeUAE + SpaAE (VAE round trip)"] = spaae_model(model, AutoencoderKL.from_pretrained(args.vae).eval())
     summary = {}
     for name, round_trip in models.items():
         rows = {scene: evaluate_cube(round_trip(cube), cube) for scene, cube in val.items()}

@@ -1,5 +1,7 @@
 """Diffusers-style inference pipelines (installed as `uldm.pipelines`)."""
 
-from .pipeline_spectral_reconstruction import SpectralReconstructionOutput, SpectralReconstructionPipeline
+from .common import SpectralReconstructionOutput
+from .pipeline_r2hdiff import R2HDiffPipeline
+from .pipeline_spectral_reconstruction import SpectralReconstructionPipeline
 
-__all__ = ["SpectralReconstructionOutput", "SpectralReconstructionPipeline"]
+__all__ = ["R2HDiffPipeline", "SpectralReconstructionOutput", "SpectralReconstructionPipeline"]

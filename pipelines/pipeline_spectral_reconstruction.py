@@ -12,48 +12,33 @@ code + RGB into spectra Φ⁺c + N û, which re-render to the input RGB exactly 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
-from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
-from PIL import Image
 
-from uldm.images import load_linear_rgb
 from uldm.models.sd_adapter import PromptEmbedding
 from uldm.models.speuae import SpeUAE
 
-ImageInput = Union[Image.Image, np.ndarray, torch.Tensor, str, Path, list]
+from .common import (
+    GeneratorInput,
+    ImageInput,
+    SpectralPipelineMixin,
+    SpectralReconstructionOutput,
+    check_call_arguments,
+    draw_noise,
+    ensemble_statistics,
+    load_rgb_batch,
+    make_output,
+    resize_longer_side,
+    resize_to,
+    split_batch,  # noqa: F401 - re-exported: it used to live here
+)
 
 
-@dataclass
-class SpectralReconstructionOutput(BaseOutput):
-    """spectra / uncertainty: N x H x W x B (np) or N x B x H x W (pt); code: the generated code images
-    (N x H x W x 3 or N x 3 x H x W, ensemble mean); wavelengths: (B,) nm; rgb_error: (N,) max |Φŝ − c|."""
-
-    spectra: Union[np.ndarray, torch.Tensor]
-    uncertainty: Union[np.ndarray, torch.Tensor]
-    code: Union[np.ndarray, torch.Tensor]
-    wavelengths: np.ndarray
-    rgb_error: np.ndarray
-
-
-def split_batch(image: ImageInput) -> list:
-    """One item per image: lists stay lists, 4-D arrays/tensors are split along their first axis."""
-    if isinstance(image, (list, tuple)):
-        return list(image)
-    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
-        return list(image)
-    return [image]
-
-
-class SpectralReconstructionPipeline(DiffusionPipeline):
+class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
     """RGB-guided latent diffusion of the SpeUAE code, then exact spectral composition.
 
     Components: `unet` (SD UNet with conv_in widened to [RGB latent, code latent]), `vae` (the SpaAE),
@@ -62,6 +47,7 @@ class SpectralReconstructionPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "vae->unet->speuae"
+    model_card_name = "ULDM spectral reconstruction"
 
     def __init__(
         self,
@@ -81,40 +67,8 @@ class SpectralReconstructionPipeline(DiffusionPipeline):
                                 default_processing_resolution=default_processing_resolution,
                                 default_ensemble_size=default_ensemble_size)
 
-    # ------------------------------------------------------------------------------------------ loading
-    @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, Path], *, revision: Optional[str] = None,
-                        cache_dir: Optional[str] = None, local_files_only: bool = False, token: Optional[str] = None,
-                        **kwargs: Any) -> "SpectralReconstructionPipeline":
-        """A local folder or a hub repo id. Hub repos are fetched with huggingface_hub first (diffusers will not
-        download pipelines whose components come from another library), then loaded locally; `torch_dtype`,
-        `variant` and other diffusers arguments pass through."""
-        from uldm.hub import resolve_pretrained
-
-        from uldm.models.alignment import realign_weights
-
-        folder = resolve_pretrained(str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
-                                    local_files_only=local_files_only, token=token)
-        pipeline = super().from_pretrained(str(folder), **kwargs)
-        realign_weights(*(c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)))
-        return pipeline
-
-    def push_to_hub(self, repo_id: str, *, metrics: Optional[dict[str, float]] = None, description: str = "",
-                    private: bool = False, token: Optional[str] = None, revision: Optional[str] = None,
-                    commit_message: str = "Upload SpectralReconstructionPipeline") -> str:
-        """Save to a temporary folder with a model card (camera, metrics, what it was trained on), then upload it."""
-        import tempfile
-
-        from uldm.hub import push_folder, write_model_card
-
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            write_model_card(tmp, title=f"ULDM spectral reconstruction: {repo_id}",
-                             description=description or "A uldm SpectralReconstructionPipeline (RGB -> 31-band spectra).",
-                             metrics=metrics, camera=self.camera.name,
-                             training=f"SpeUAE camera {self.camera.name}; UNet {self.unet.config.block_out_channels}")
-            return push_folder(tmp, repo_id, token=token, private=private, revision=revision,
-                               commit_message=commit_message)
+    def model_card_training(self) -> str:
+        return f"SpeUAE camera {self.camera.name}; UNet {self.unet.config.block_out_channels}"
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
@@ -138,26 +92,6 @@ class SpectralReconstructionPipeline(DiffusionPipeline):
     def decode_code(self, latent: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latent / self.vae.config.scaling_factor).sample.clamp(-1, 1)
 
-    def check_inputs(self, steps: int, ensemble_size: int, batch_size: int, processing_resolution: int,
-                     input_space: str, output_type: str) -> None:
-        for name, value in (("num_inference_steps", steps), ("ensemble_size", ensemble_size), ("batch_size", batch_size)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if processing_resolution < 0:
-            raise ValueError(f"processing_resolution must be >= 0 (0: native), got {processing_resolution}")
-        if input_space not in ("srgb", "linear"):
-            raise ValueError(f"input_space must be 'srgb' or 'linear', got {input_space!r}")
-        if output_type not in ("np", "pt"):
-            raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
-
-    def draw_noise(self, count_per_image: int, num_images: int, shape: tuple, generator, device, dtype) -> torch.Tensor:
-        """Initial latents, drawn image by image, so a batch equals the same images passed one at a time."""
-        noises = []
-        for index in range(num_images):
-            gen = generator[index] if isinstance(generator, list) else generator
-            noises.append(randn_tensor((count_per_image, *shape), generator=gen, device=device, dtype=dtype))
-        return torch.cat(noises)
-
     # ---------------------------------------------------------------------------------------------- call
     @torch.no_grad()
     def __call__(
@@ -168,7 +102,7 @@ class SpectralReconstructionPipeline(DiffusionPipeline):
         processing_resolution: Optional[int] = None,
         match_input_resolution: bool = True,
         batch_size: int = 1,
-        generator: Optional[Union[torch.Generator, list[torch.Generator]]] = None,
+        generator: GeneratorInput = None,
         input_space: str = "srgb",
         clamp: bool = False,
         output_type: str = "np",
@@ -201,25 +135,14 @@ class SpectralReconstructionPipeline(DiffusionPipeline):
         self.set_progress_bar_config(disable=not show_progress_bar, desc="ULDM")
 
         # 1. Check inputs
-        self.check_inputs(steps, ensemble, batch_size, resolution, input_space, output_type)
-        images = split_batch(image)
-        if isinstance(generator, list) and len(generator) != len(images):
-            raise ValueError(f"got {len(generator)} generators for {len(images)} images")
+        check_call_arguments(steps, ensemble, batch_size, resolution, input_space, output_type)
 
         # 2. Preprocess: linear RGB, N x 3 x H x W (all images of one call must share a size)
-        arrays = [load_linear_rgb(item, input_space, where=f"image {i}") for i, item in enumerate(images)]
-        sizes = {a.shape[:2] for a in arrays}
-        if len(sizes) > 1:
-            raise ValueError(f"all images of one call must have the same size, got {sorted(sizes)}")
-        rgb_full = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device=device, dtype=torch.float32)
+        rgb_full = load_rgb_batch(image, input_space, generator, device)
         num_images, _, height, width = rgb_full.shape
 
         # 3. Resize to the processing resolution and pad to a multiple of the latent grid
-        rgb = rgb_full
-        if resolution and max(height, width) != resolution:
-            scale = resolution / max(height, width)
-            size = (max(1, round(height * scale)), max(1, round(width * scale)))
-            rgb = F.interpolate(rgb_full, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+        rgb = resize_longer_side(rgb_full, resolution)
         proc_h, proc_w = rgb.shape[-2:]
         multiple = self.size_multiple
         pad_h, pad_w = (-proc_h) % multiple, (-proc_w) % multiple
@@ -228,7 +151,7 @@ class SpectralReconstructionPipeline(DiffusionPipeline):
         # 4. Condition latents (one per image, repeated per ensemble member) and initial noise
         condition = torch.cat([self.encode_rgb(padded[i:i + 1].to(dtype)) for i in range(num_images)])
         condition = condition.repeat_interleave(ensemble, dim=0)
-        latents = self.draw_noise(ensemble, num_images, tuple(condition.shape[1:]), generator, device, dtype)
+        latents = draw_noise(ensemble, num_images, tuple(condition.shape[1:]), generator, device, dtype)
         text = self.prompt_embedding(1).to(device=device, dtype=dtype)
 
         # 5. Denoise, `batch_size` latents at a time
@@ -246,8 +169,7 @@ class SpectralReconstructionPipeline(DiffusionPipeline):
 
         # 6. Code images to the output size; spectra from code + RGB at that size
         if match_input_resolution:
-            if (proc_h, proc_w) != (height, width):
-                codes = F.interpolate(codes, size=(height, width), mode="bilinear", align_corners=False)
+            codes = resize_to(codes, (height, width))
             rgb_out = rgb_full
         else:
             rgb_out = rgb
@@ -257,18 +179,13 @@ class SpectralReconstructionPipeline(DiffusionPipeline):
         spectra = self.speuae.split.compose(rgb_members, u, dim=1)  # float32: exact RGB consistency
 
         # 7. Ensemble: mean as the answer, spread as the uncertainty
-        spectra = spectra.reshape(num_images, ensemble, *spectra.shape[1:])
-        uncertainty = spectra.std(dim=1, unbiased=False)
-        spectra = spectra.mean(dim=1)
-        codes = codes.reshape(num_images, ensemble, *codes.shape[1:]).mean(dim=1)
+        spectra, uncertainty = ensemble_statistics(spectra, num_images, ensemble)
+        codes, _ = ensemble_statistics(codes, num_images, ensemble)
         if clamp:
             spectra = spectra.clamp(0, 1)
         rgb_error = (self.speuae.split.render(spectra, dim=1) - rgb_out).abs().flatten(1).max(dim=1).values
 
         # 8. Outputs
         self.maybe_free_model_hooks()
-        wavelengths = np.asarray(self.speuae.config.wavelengths, dtype=np.float64)
-        if output_type == "np":
-            spectra, uncertainty, codes = (x.permute(0, 2, 3, 1).cpu().numpy() for x in (spectra, uncertainty, codes))
-        output = (spectra, uncertainty, codes, wavelengths, rgb_error.cpu().numpy())
-        return SpectralReconstructionOutput(*output) if return_dict else output
+        return make_output(spectra, uncertainty, codes, self.speuae.config.wavelengths, rgb_error, output_type,
+                           return_dict)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +36,7 @@ from uldm.training import (
     save_pretrained_atomic,
     scene_paths,
     train_loop,
+    validate_pipeline,
 )
 
 
@@ -112,29 +112,6 @@ def pipeline_defaults(config: ULDMConfig) -> dict[str, int]:
     return {"default_denoising_steps": config.default_denoising_steps,
             "default_processing_resolution": config.default_processing_resolution,
             "default_ensemble_size": config.default_ensemble_size}
-
-
-@torch.no_grad()
-def validate(pipeline, scenes: Sequence[Path], config: ULDMConfig, accelerator, step: int) -> dict[str, float]:
-    """Reconstruct the val scenes from their rendered RGB (fixed seed) and score them; log a preview."""
-    from uldm.data import read_scene
-    from uldm.metrics import evaluate_cube, mean_metrics
-    from uldm.visualize import cube_to_srgb
-
-    camera = pipeline.camera
-    rows, previews = [], []
-    for index, path in enumerate(scenes):
-        cube = read_scene(path, format=config.data_format, grid=camera.grid).cube
-        out = pipeline(camera.render(cube), num_inference_steps=config.validation_inference_steps, input_space="linear",
-                       generator=torch.Generator().manual_seed(index), show_progress_bar=False)
-        rows.append({**evaluate_cube(out.spectra[0], cube), "rgb_error": float(out.rgb_error[0])})
-        if index == 0:
-            wavelengths = camera.grid.as_array()
-            previews.append(np.concatenate([cube_to_srgb(cube, wavelengths), cube_to_srgb(out.spectra[0], wavelengths)], axis=1))
-    for tracker in accelerator.trackers:
-        if tracker.name == "tensorboard":
-            tracker.writer.add_images("val/ground_truth|reconstruction", np.stack(previews), step, dataformats="NHWC")
-    return {f"val/{k}": v for k, v in mean_metrics(rows).items()}
 
 
 def load_components(config: ULDMConfig):
@@ -230,7 +207,9 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
             ema.copy_to(unwrapped.parameters())
         unwrapped.eval()
         pipeline = build_pipeline(unwrapped, frozen_vae, noise_scheduler, speuae, empty_prompt, **pipeline_defaults(config))
-        metrics = validate(pipeline, val_scenes, config, accelerator, current)
+        metrics = validate_pipeline(pipeline, val_scenes, data_format=config.data_format,
+                                    num_inference_steps=config.validation_inference_steps,
+                                    trackers=accelerator.trackers, step=current)
         unwrapped.train()
         if ema is not None:
             ema.restore(unwrapped.parameters())

@@ -4,6 +4,8 @@
     pipe = SpectralReconstructionPipeline.from_pretrained("checkpoints/uldm-cave")
     out = pipe(image)            # out.spectra, out.wavelengths, out.uncertainty
 
+`R2HDiffPipeline` (R2H-Diff, diffusion directly on the cube) has the same call and output.
+
 Heavy parts (models, pipelines) are imported lazily so `import uldm` and the CLI stay fast.
 """
 
@@ -22,8 +24,10 @@ from .spectral import DEFAULT_GRID, SpectralGrid, SpectralGridError
 # name -> module that defines it, imported on first access
 _LAZY = {
     "SpectralReconstructionPipeline": ".pipelines.pipeline_spectral_reconstruction",
-    "SpectralReconstructionOutput": ".pipelines.pipeline_spectral_reconstruction",
+    "SpectralReconstructionOutput": ".pipelines.common",
+    "R2HDiffPipeline": ".pipelines.pipeline_r2hdiff",
     "SpeUAE": ".models.speuae",
+    "R2HDiffNet": ".models.r2hdiff",
     "PromptEmbedding": ".models.sd_adapter",
     "save_cube": ".io",
     "load_cube": ".io",

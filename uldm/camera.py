@@ -7,7 +7,6 @@ a flat unit spectrum renders to (1, 1, 1) (METHOD.md section 1), which keeps lin
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
@@ -15,7 +14,7 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from .spectral import DEFAULT_GRID, SpectralGrid, SpectralGridError
+from .spectral import DEFAULT_GRID, SpectralGrid, SpectralGridError, read_spectral_csv
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -69,30 +68,10 @@ def available_cameras() -> list[str]:
 
 
 def _read_response_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, newline="") as handle:
-            rows = [row for row in csv.reader(handle) if row and not row[0].lstrip().startswith("#")]
-    except OSError as exc:
-        raise CameraError(f"cannot read camera response CSV {path}: {exc}") from exc
-    if rows and not _is_number(rows[0][0]):
-        rows = rows[1:]  # header line
-    try:
-        table = np.asarray([[float(v) for v in row[:4]] for row in rows], dtype=np.float64)
-    except ValueError as exc:
-        raise CameraError(f"{path}: every row must be 'wavelength, r, g, b' numbers ({exc})") from exc
-    if table.ndim != 2 or table.shape[1] != 4 or len(table) < 2:
-        raise CameraError(f"{path}: expected at least two rows of 'wavelength, r, g, b', got shape {table.shape}")
-    if not np.all(np.isfinite(table)):
+    wavelengths, values = read_spectral_csv(path, ("wavelength", "r", "g", "b"), CameraError)
+    if not np.all(np.isfinite(values)):
         raise CameraError(f"{path}: the response contains NaN or infinite values")
-    return table[:, 0], table[:, 1:]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
+    return wavelengths, values
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,6 @@ has camera RGB; see its docstring for the Lab conversion and white point.
 
 from __future__ import annotations
 
-import csv
 import re
 from functools import lru_cache
 from pathlib import Path
@@ -39,9 +38,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from .camera import CameraResponse, _is_number
+from .camera import CameraResponse
 from .io import PathLike
-from .spectral import DEFAULT_GRID, SpectralGrid, SpectralGridError
+from .spectral import DEFAULT_GRID, SpectralGrid, SpectralGridError, read_spectral_csv
 
 IlluminantSpec = Union[str, Path, np.ndarray]
 OUTPUTS = ("camera", "srgb")
@@ -102,22 +101,8 @@ def _validated_power(power: np.ndarray, what: str) -> np.ndarray:
 
 
 def _read_illuminant_csv(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with open(path, newline="") as handle:
-            rows = [row for row in csv.reader(handle) if row and not row[0].lstrip().startswith("#")]
-    except OSError as exc:
-        raise IlluminantError(f"cannot read illuminant CSV {path}: {exc}") from exc
-    if rows and not _is_number(rows[0][0]):
-        rows = rows[1:]  # header line
-    try:
-        table = np.asarray([[float(v) for v in row[:2]] for row in rows], dtype=np.float64)
-    except ValueError as exc:
-        raise IlluminantError(f"{path}: every row must be 'wavelength, power' numbers ({exc})") from exc
-    if table.ndim != 2 or table.shape[1] != 2 or len(table) < 2:
-        raise IlluminantError(f"{path}: expected at least two rows of 'wavelength, power', got shape {table.shape}")
-    if not np.all(np.isfinite(table[:, 0])):
-        raise IlluminantError(f"{path}: wavelengths contain NaN or infinite values")
-    return table[:, 0], table[:, 1]
+    wavelengths, values = read_spectral_csv(path, ("wavelength", "power"), IlluminantError)
+    return wavelengths, values[:, 0]
 
 
 def _resampled(values: np.ndarray, wavelengths: np.ndarray, grid: SpectralGrid, what: str) -> np.ndarray:

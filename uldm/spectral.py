@@ -80,3 +80,38 @@ def interpolation_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 DEFAULT_GRID = SpectralGrid.uniform(400.0, 700.0, 10.0)
+
+
+def read_spectral_csv(path, columns: Sequence[str], error: type = SpectralGridError) -> tuple[np.ndarray, np.ndarray]:
+    """A CSV table of `columns` (the first is wavelength in nm; a header line and `#` comments are optional).
+
+    Returns (wavelengths, values of the other columns as N x (len(columns) - 1)); problems raise `error` with the
+    file named. Camera responses and illuminant SPDs both come in this form.
+    """
+    import csv
+
+    layout = ", ".join(columns)
+    try:
+        with open(path, newline="") as handle:
+            rows = [row for row in csv.reader(handle) if row and not row[0].lstrip().startswith("#")]
+    except OSError as exc:
+        raise error(f"cannot read CSV {path}: {exc}") from exc
+    if rows and not _is_number(rows[0][0]):
+        rows = rows[1:]  # header line
+    try:
+        table = np.asarray([[float(v) for v in row[:len(columns)]] for row in rows], dtype=np.float64)
+    except ValueError as exc:
+        raise error(f"{path}: every row must be '{layout}' numbers ({exc})") from exc
+    if table.ndim != 2 or table.shape[1] != len(columns) or len(table) < 2:
+        raise error(f"{path}: expected at least two rows of '{layout}', got shape {table.shape}")
+    if not np.all(np.isfinite(table[:, 0])):
+        raise error(f"{path}: wavelengths contain NaN or infinite values")
+    return table[:, 0], table[:, 1:]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False

@@ -1,0 +1,196 @@
+"""What every uldm pipeline shares, so the model families differ only in their denoising step.
+
+- the output dataclass `SpectralReconstructionOutput` (one type for every family, so the CLI, the evaluation loop
+  and `uldm.checkpoints.PipelineReconstructor` never ask which model made it);
+- input handling: argument checks, images of any kind -> a linear-RGB batch tensor, resizing to a processing
+  resolution;
+- per-image noise (a batch equals the same images passed one at a time), ensemble statistics, output layout;
+- `SpectralPipelineMixin`: `from_pretrained` from a folder or a hub id and `push_to_hub` with a model card.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from uldm.images import load_linear_rgb
+
+ImageInput = Union[Image.Image, np.ndarray, torch.Tensor, str, Path, list]
+GeneratorInput = Optional[Union[torch.Generator, list[torch.Generator]]]
+
+
+@dataclass
+class SpectralReconstructionOutput(BaseOutput):
+    """spectra / uncertainty: N x H x W x B (np) or N x B x H x W (pt); code: the generated code images
+    (N x H x W x 3 or N x 3 x H x W, ensemble mean) for families that have one (ULDM), None for those that
+    denoise the spectra directly (R2H-Diff); wavelengths: (B,) nm; rgb_error: (N,) max |Φŝ − c|."""
+
+    spectra: Union[np.ndarray, torch.Tensor]
+    uncertainty: Union[np.ndarray, torch.Tensor]
+    code: Optional[Union[np.ndarray, torch.Tensor]]
+    wavelengths: np.ndarray
+    rgb_error: np.ndarray
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def split_batch(image: ImageInput) -> list:
+    """One item per image: lists stay lists, 4-D arrays/tensors are split along their first axis."""
+    if isinstance(image, (list, tuple)):
+        return list(image)
+    if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim == 4:
+        return list(image)
+    return [image]
+
+
+def check_call_arguments(steps: int, ensemble_size: int, batch_size: int, processing_resolution: int,
+                         input_space: str, output_type: str) -> None:
+    """The checks every pipeline's `__call__` makes before doing any work."""
+    for name, value in (("num_inference_steps", steps), ("ensemble_size", ensemble_size), ("batch_size", batch_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if processing_resolution < 0:
+        raise ValueError(f"processing_resolution must be >= 0 (0: native), got {processing_resolution}")
+    if input_space not in ("srgb", "linear"):
+        raise ValueError(f"input_space must be 'srgb' or 'linear', got {input_space!r}")
+    if output_type not in ("np", "pt"):
+        raise ValueError(f"output_type must be 'np' or 'pt', got {output_type!r}")
+
+
+def load_rgb_batch(image: ImageInput, input_space: str, generator: GeneratorInput,
+                   device: torch.device) -> torch.Tensor:
+    """Any accepted input -> linear RGB in [0, 1], float32, N x 3 x H x W on `device`.
+
+    All images of one call must share a size (they are stacked), and a list of generators needs one per image.
+    """
+    images = split_batch(image)
+    if isinstance(generator, list) and len(generator) != len(images):
+        raise ValueError(f"got {len(generator)} generators for {len(images)} images")
+    arrays = [load_linear_rgb(item, input_space, where=f"image {i}") for i, item in enumerate(images)]
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise ValueError(f"all images of one call must have the same size, got {sorted(sizes)}")
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).to(device=device, dtype=torch.float32)
+
+
+def resize_longer_side(rgb: torch.Tensor, resolution: int) -> torch.Tensor:
+    """RGB (N x 3 x H x W) with its longer side resized to `resolution` (0, or already that size: unchanged).
+
+    Antialiased when shrinking, so the model sees the colours a smaller camera would have recorded.
+    """
+    height, width = rgb.shape[-2:]
+    if not resolution or max(height, width) == resolution:
+        return rgb
+    scale = resolution / max(height, width)
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    return F.interpolate(rgb, size=size, mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def resize_to(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear resize of an N x C x H x W map to `size` (a no-op when it already has that size)."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def draw_noise(count_per_image: int, num_images: int, shape: tuple, generator: GeneratorInput,
+               device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """Initial noise, drawn image by image, so a batch equals the same images passed one at a time."""
+    noises = []
+    for index in range(num_images):
+        gen = generator[index] if isinstance(generator, list) else generator
+        noises.append(randn_tensor((count_per_image, *shape), generator=gen, device=device, dtype=dtype))
+    return torch.cat(noises)
+
+
+# ----------------------------------------------------------------------------------------------- outputs
+def ensemble_statistics(samples: torch.Tensor, num_images: int, ensemble: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N·E) x ... members, image-major -> (mean, per-element standard deviation), each N x ....
+
+    The population standard deviation, so one member gives exactly zero uncertainty.
+    """
+    grouped = samples.reshape(num_images, ensemble, *samples.shape[1:])
+    return grouped.mean(dim=1), grouped.std(dim=1, unbiased=False)
+
+
+def make_output(spectra: torch.Tensor, uncertainty: torch.Tensor, code: Optional[torch.Tensor],
+                wavelengths: np.ndarray, rgb_error: torch.Tensor, output_type: str,
+                return_dict: bool) -> Union[SpectralReconstructionOutput, tuple]:
+    """Channel-first tensors -> the requested layout ("np": N x H x W x C arrays, "pt": as they are)."""
+    if output_type == "np":
+        spectra, uncertainty = (x.permute(0, 2, 3, 1).cpu().numpy() for x in (spectra, uncertainty))
+        code = code.permute(0, 2, 3, 1).cpu().numpy() if code is not None else None
+    output = (spectra, uncertainty, code, np.asarray(wavelengths, dtype=np.float64), rgb_error.cpu().numpy())
+    return SpectralReconstructionOutput(*output) if return_dict else output
+
+
+# ---------------------------------------------------------------------------------------------- loading
+class SpectralPipelineMixin:
+    """Loading and publishing for uldm pipelines; list it before `DiffusionPipeline` in the bases.
+
+    A pipeline supplies `camera`, `model_card_name` and `model_card_training()`; the rest is the same for every
+    family.
+    """
+
+    model_card_name = "uldm spectral reconstruction"
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, Path], *, revision: Optional[str] = None,
+                        cache_dir: Optional[str] = None, local_files_only: bool = False, token: Optional[str] = None,
+                        **kwargs: Any):
+        """A local folder or a hub repo id. Hub repos are fetched with huggingface_hub first (diffusers will not
+        download pipelines whose components come from another library), then loaded locally; `torch_dtype`,
+        `variant` and other diffusers arguments pass through. Weights are realigned so that a saved-then-loaded
+        pipeline gives bit-identical results (see `uldm.models.alignment`)."""
+        from uldm.hub import resolve_pretrained
+        from uldm.models.alignment import realign_weights
+
+        folder = resolve_pretrained(str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
+                                    local_files_only=local_files_only, token=token)
+        pipeline = super().from_pretrained(str(folder), **kwargs)
+        realign_weights(*(c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)))
+        return pipeline
+
+    def model_card_training(self) -> str:
+        """One line for the model card: what the components are (overridden by each pipeline)."""
+        return type(self).__name__
+
+    def push_to_hub(self, repo_id: str, *, metrics: Optional[dict[str, float]] = None, description: str = "",
+                    private: bool = False, token: Optional[str] = None, revision: Optional[str] = None,
+                    commit_message: Optional[str] = None) -> str:
+        """Save to a temporary folder with a model card (camera, metrics, what it was trained on), then upload it."""
+        import tempfile
+
+        from uldm.hub import push_folder, write_model_card
+
+        name = type(self).__name__
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            write_model_card(tmp, title=f"{self.model_card_name}: {repo_id}",
+                             description=description or f"A uldm {name} (RGB -> {self.camera.num_bands}-band spectra).",
+                             metrics=metrics, camera=self.camera.name, training=self.model_card_training())
+            return push_folder(tmp, repo_id, token=token, private=private, revision=revision,
+                               commit_message=commit_message or f"Upload {name}")
+
+
+__all__ = [
+    "GeneratorInput",
+    "ImageInput",
+    "SpectralPipelineMixin",
+    "SpectralReconstructionOutput",
+    "check_call_arguments",
+    "draw_noise",
+    "ensemble_statistics",
+    "load_rgb_batch",
+    "make_output",
+    "resize_longer_side",
+    "resize_to",
+    "split_batch",
+]
