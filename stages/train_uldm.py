@@ -30,6 +30,7 @@ from uldm.training import (
     build_accelerator,
     build_scheduler,
     build_train_loader,
+    make_loader,
     config_dict,
     config_from_args,
     resume,
@@ -49,6 +50,8 @@ class ULDMConfig(TrainConfig):
     learning_rate: float = 5e-5
     train_vae_decoder: bool = False  # also fine-tune the VAE decoder to reproduce code images
     vae_learning_rate: float = 1e-5
+    precompute_latents: bool = False  # encode code/RGB latents once to <output_dir>/latent_cache, reuse every epoch
+    latent_cache_epochs: int = 2  # distinct epochs of patches cached; training cycles through them
     use_ema: bool = False
     ema_decay: float = 0.999
     gradient_checkpointing: bool = False
@@ -67,6 +70,8 @@ class ULDMConfig(TrainConfig):
         for name in ("pretrained_model_name_or_path", "speuae_path"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")
+        if self.precompute_latents and self.train_vae_decoder:
+            raise ConfigError("precompute_latents cannot be combined with train_vae_decoder (the decoder needs codes)")
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("push_to_hub needs hub_model_id (org/name)")
 
@@ -158,9 +163,29 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     speuae.to(accelerator.device)
     ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=type(unet), model_config=unet.config) if config.use_ema else None
 
-    # 2. data: seeded random patches of spectra, RGB rendered with SpeUAE's camera
+    # 2. data: seeded random patches of spectra, RGB rendered with SpeUAE's camera (or their cached latents)
     dataset, sampler, loader = build_train_loader(config, speuae.camera)
     val_scenes = scene_paths(config, config.val_scenes)
+    scaling = vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode(hsi: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(code latent mean, its std, RGB condition latent), all scaled: everything stage 2 needs from a patch."""
+        hsi, rgb = hsi.to(accelerator.device), rgb.to(accelerator.device)
+        posterior = vae.encode(speuae.encode(hsi, rgb).to(vae.dtype)).latent_dist
+        condition = vae.encode((rgb * 2 - 1).to(vae.dtype)).latent_dist.mode()
+        return posterior.mean * scaling, posterior.std * scaling, condition * scaling
+
+    if config.precompute_latents:
+        from uldm.latent_cache import LatentCacheDataset, build_latent_cache
+
+        folder = output_dir / "latent_cache"
+        fingerprint = {"config": config_dict(config), "scenes": [str(p) for p in dataset.scenes]}
+        if accelerator.is_main_process:
+            build_latent_cache(folder, dataset, config.latent_cache_epochs, encode, fingerprint)
+        accelerator.wait_for_everyone()
+        dataset = LatentCacheDataset(folder, config.latent_cache_epochs)
+        sampler, loader = make_loader(config, dataset)
 
     # 3. optimiser and schedule; accelerate wraps what trains
     groups = [{"params": [p for p in unet.parameters() if p.requires_grad], "lr": config.learning_rate}]
@@ -179,16 +204,13 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
     step = resume(accelerator, output_dir, resume_from)
     frozen_vae = accelerator.unwrap_model(models[1]).vae if decoder_loss is not None else vae
-    scaling = frozen_vae.config.scaling_factor
 
     # 4. train: code latents noised by the pretrained scheduler, UNet predicts its target next to the RGB latent
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
-        hsi, rgb = batch["hsi"], batch["rgb"]
-        with torch.no_grad():
-            code = speuae.encode(hsi, rgb)
-            latents = frozen_vae.encode(code.to(frozen_vae.dtype)).latent_dist.sample() * scaling
-            condition = frozen_vae.encode((rgb * 2 - 1).to(frozen_vae.dtype)).latent_dist.mode() * scaling
-        latents, condition = latents.float(), condition.float()
+        mean, std, condition = (batch["mean"], batch["std"], batch["condition"]) if "mean" in batch \
+            else encode(batch["hsi"], batch["rgb"])
+        latents = (mean + std * torch.randn_like(mean)).float()  # a posterior sample, as VAE.encode().sample()
+        condition = condition.float()
         noise = torch.randn_like(latents)
         timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
         noisy = noise_scheduler.add_noise(latents, noise, timesteps)
@@ -197,6 +219,8 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
         loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
         if decoder_loss is None:
             return loss, {}
+        with torch.no_grad():
+            code = speuae.encode(batch["hsi"], batch["rgb"])
         code_loss = models[1](latents, code)
         return loss + code_loss, {"train/vae_decoder_l1": code_loss.item()}
 
@@ -215,7 +239,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
             ema.restore(unwrapped.parameters())
         return metrics
 
-    started = time.perf_counter()
+    started, first_step = time.perf_counter(), step
     step = train_loop(
         accelerator, config, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader,
         dataset=dataset, sampler=sampler, start_step=step, loss_fn=loss_fn, validate_fn=validate_fn,
@@ -233,7 +257,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     if accelerator.is_main_process:
         folder = save_pretrained_atomic(pipeline, output_dir / "pipeline")
         accelerator.print(f"saved {folder} after {step} steps ({seconds:.0f} s this run, "
-                          f"{step * config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps / max(seconds, 1e-9):.2f} samples/s)")
+                          f"{(step - first_step) * config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps / max(seconds, 1e-9):.2f} samples/s)")
         write_card(folder, config, step)
         if config.push_to_hub:
             from uldm.hub import push_folder

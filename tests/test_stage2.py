@@ -75,6 +75,7 @@ def write_config(tmp_path: Path, tiny_sd_dir: Path, speuae_dir: Path, data_root:
         "checkpointing_steps": 2, "validation_steps": 4, "validation_inference_steps": 1,
         "checkpoints_total_limit": 5, "report_to": None, "learning_rate": 1e-3, "use_ema": True, **overrides,
     }
+    tmp_path.mkdir(parents=True, exist_ok=True)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -164,3 +165,46 @@ def test_bad_pretrained_path_is_reported_by_the_entry_point(tmp_path, tiny_speua
 def test_shipped_configs_are_valid(name):
     config = load_config(ULDMConfig, REPO / "stages" / "configs" / name)
     assert config.pretrained_model_name_or_path and config.speuae_path
+
+
+@pytest.mark.slow
+def test_precomputed_latents_match_live_encoding_and_train(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
+    from uldm.latent_cache import LatentCacheDataset
+    from uldm.stages.train_uldm import load_components
+    from uldm.training import build_train_loader
+
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, use_ema=False,
+                                                  max_train_steps=2, checkpointing_steps=2, validation_steps=2,
+                                                  precompute_latents=True, latent_cache_epochs=2))
+    pipeline = train(config)
+    cache_dir = Path(config.output_dir) / "latent_cache"
+    assert sorted(p.name for p in cache_dir.glob("epoch-*.safetensors")) == ["epoch-0.safetensors", "epoch-1.safetensors"]
+    assert (Path(config.output_dir) / "pipeline" / "model_index.json").exists() and pipeline.unet is not None
+    # the cache holds exactly what live encoding gives for the same (epoch, item)
+    parts, speuae = load_components(config)
+    dataset, _, _ = build_train_loader(config, speuae.camera)
+    cache = LatentCacheDataset(cache_dir, 2)
+    for epoch, index in [(0, 0), (1, 5)]:
+        dataset.set_epoch(epoch)
+        cache.set_epoch(epoch)
+        item = dataset[index]
+        with torch.no_grad():
+            posterior = parts.vae.encode(speuae.encode(item["hsi"][None], item["rgb"][None])).latent_dist
+        scale = parts.vae.config.scaling_factor
+        torch.testing.assert_close(cache[index]["mean"], posterior.mean[0] * scale, atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache[index]["std"], posterior.std[0] * scale, atol=1e-5, rtol=0)
+    # a current cache is reused; a changed setting rebuilds it
+    stamp = (cache_dir / "epoch-0.safetensors").stat().st_mtime_ns
+    train(config, resume_from="latest")
+    assert (cache_dir / "epoch-0.safetensors").stat().st_mtime_ns == stamp
+    changed = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, use_ema=False,
+                                                   max_train_steps=2, checkpointing_steps=2, validation_steps=2,
+                                                   precompute_latents=True, latent_cache_epochs=2, seed=1))
+    train(changed)
+    assert (cache_dir / "epoch-0.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_precompute_refuses_vae_decoder_training(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
+    with pytest.raises(ConfigError, match="precompute_latents cannot be combined"):
+        load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
+                                             precompute_latents=True, train_vae_decoder=True))

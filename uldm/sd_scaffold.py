@@ -87,5 +87,7 @@ if __name__ == "__main__":
     parser.add_argument("folder", type=Path)
     parser.add_argument("size", nargs="?", default="small", choices=sorted(SIZES))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction", "sample"],
+                        help="what the scheduler config tells stage 2 to predict (SD 1.5: epsilon, SD 2.1: v_prediction)")
     args = parser.parse_args()
-    print(f"wrote {write_small_sd(args.folder, args.size, seed=args.seed)}")
+    print(f"wrote {write_small_sd(args.folder, args.size, seed=args.seed, prediction_type=args.prediction_type)}")

@@ -197,14 +197,20 @@ def build_train_loader(config: TrainConfig, camera: CameraResponse):
         degradation=Degradation.from_config(config.degradation), format=config.data_format,
         cache_size=config.scene_cache_size, seed=config.seed,
     )
+    sampler, loader = make_loader(config, dataset)
+    return dataset, sampler, loader
+
+
+def make_loader(config: TrainConfig, dataset):
+    """(sampler, loader) over any dataset with `set_epoch`: seeded order per epoch, fixed-size batches."""
     sampler = EpochSampler(len(dataset), config.seed)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=config.train_batch_size, sampler=sampler, drop_last=True,
         num_workers=config.dataloader_num_workers,
     )
     if len(loader) == 0:
-        raise ConfigError(f"{len(dataset)} training patches are fewer than one batch of {config.train_batch_size}")
-    return dataset, sampler, loader
+        raise ConfigError(f"{len(dataset)} training items are fewer than one batch of {config.train_batch_size}")
+    return sampler, loader
 
 
 # ---------------------------------------------------------------------------------------------- accelerate

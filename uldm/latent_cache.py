@@ -1,0 +1,79 @@
+"""Stage-2 latents precomputed to disk, so epochs skip SpeUAE and the VAE encoder.
+
+For each of `epochs` epochs of the seeded patch stream, every item's code latent (posterior mean and std, so
+training still samples it) and RGB condition latent are stored in one safetensors file per epoch. Training then
+reads epoch `e % epochs`: the same patches the live pipeline would produce for those epochs, recycled after.
+A fingerprint of everything that shapes the latents is stored with them; a cache made with other settings is
+rebuilt, never silently reused.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+Encoder = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def epoch_file(folder: Path, epoch: int) -> Path:
+    return folder / f"epoch-{epoch}.safetensors"
+
+
+def cache_is_current(folder: Path, epochs: int, fingerprint: dict) -> bool:
+    meta = folder / "fingerprint.json"
+    return (meta.exists() and json.loads(meta.read_text()) == fingerprint
+            and all(epoch_file(folder, e).exists() for e in range(epochs)))
+
+
+@torch.no_grad()
+def build_latent_cache(folder: Path, dataset, epochs: int, encode: Encoder, fingerprint: dict,
+                       batch_size: int = 16, show_progress: bool = True) -> Path:
+    """Write `epochs` files of (mean, std, condition) for every item of `dataset` (which has `set_epoch`)."""
+    folder = Path(folder)
+    if cache_is_current(folder, epochs, fingerprint):
+        return folder
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "fingerprint.json").unlink(missing_ok=True)  # invalid until every epoch is rewritten
+    for epoch in range(epochs):
+        dataset.set_epoch(epoch)
+        parts: dict[str, list[torch.Tensor]] = {"mean": [], "std": [], "condition": []}
+        for start in tqdm(range(0, len(dataset), batch_size), desc=f"latent cache, epoch {epoch}", disable=not show_progress):
+            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            mean, std, condition = encode(torch.stack([x["hsi"] for x in items]), torch.stack([x["rgb"] for x in items]))
+            for key, value in zip(parts, (mean, std, condition)):
+                parts[key].append(value.float().cpu())
+        tmp = folder / f".tmp-epoch-{epoch}.safetensors"
+        save_file({k: torch.cat(v).contiguous() for k, v in parts.items()}, str(tmp))
+        tmp.replace(epoch_file(folder, epoch))
+    (folder / "fingerprint.json").write_text(json.dumps(fingerprint))
+    return folder
+
+
+class LatentCacheDataset(Dataset):
+    """Items {"mean", "std", "condition"} of epoch `epoch % epochs`; one epoch file in memory at a time."""
+
+    def __init__(self, folder: Path, epochs: int) -> None:
+        self.folder, self.epochs, self.epoch = Path(folder), epochs, 0
+        self._loaded: tuple[int, dict[str, torch.Tensor]] = (-1, {})
+        self._length = len(self._tensors()["mean"])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _tensors(self) -> dict[str, torch.Tensor]:
+        which = self.epoch % self.epochs
+        if self._loaded[0] != which:
+            self._loaded = (which, load_file(str(epoch_file(self.folder, which))))
+        return self._loaded[1]
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {key: value[index] for key, value in self._tensors().items()}
