@@ -13,7 +13,8 @@ What the cost columns count (all at one 256 x 256 image, batch 1, on this machin
 changes the size, e.g. for a quick check):
 - params: the parameters of every nn.Module component of a pipeline (ULDM: UNet, whole VAE, whole SpeUAE,
   prompt embedding; R2H-Diff: the network), or the 7 x 31 regression weights of the baseline.
-- GFLOP/step: one forward of the denoiser (ULDM: the UNet on 256/8 = 32 x 32 latents; R2H-Diff: the network on
+- GFLOP/step: one forward of the denoiser (ULDM: the UNet on 256/f x 256/f latents, f the VAE's downsampling
+  (8 for SD, 4 for the shipped small VAE); R2H-Diff: the network on
   the 256 x 256 cube), measured as FlopCounterMode(pipeline with 2 steps) − FlopCounterMode(pipeline with 1 step).
 - GFLOP/image: FlopCounterMode over the whole pipeline call at the chosen steps and ensemble size, so everything
   that runs is counted: ULDM = VAE encoder (RGB condition, once per image) + steps x UNet + VAE decoder +

@@ -85,12 +85,15 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         return self.speuae.camera
 
     def encode_rgb(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Linear RGB in [0, 1] -> condition latents (posterior mean, scaled)."""
-        latent = self.vae.encode(rgb * 2 - 1).latent_dist.mode()
-        return latent * self.vae.config.scaling_factor
+        """Linear RGB in [0, 1] -> condition latents (posterior mean, scaled), in the UNet's dtype."""
+        latent = self.vae.encode((rgb * 2 - 1).to(self.vae.dtype)).latent_dist.mode()
+        return (latent * self.vae.config.scaling_factor).to(self.unet.dtype)
 
     def decode_code(self, latent: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latent / self.vae.config.scaling_factor).sample.clamp(-1, 1)
+        """Latents -> code image in [-1, 1] (each component runs in its own dtype: mixed-precision training
+        keeps a bf16/fp16 VAE beside an fp32 UNet)."""
+        latent = (latent / self.vae.config.scaling_factor).to(self.vae.dtype)
+        return self.vae.decode(latent).sample.clamp(-1, 1)
 
     # ---------------------------------------------------------------------------------------------- call
     @torch.no_grad()
@@ -149,7 +152,7 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         padded = F.pad(rgb, (0, pad_w, 0, pad_h), mode="replicate")
 
         # 4. Condition latents (one per image, repeated per ensemble member) and initial noise
-        condition = torch.cat([self.encode_rgb(padded[i:i + 1].to(dtype)) for i in range(num_images)])
+        condition = torch.cat([self.encode_rgb(padded[i:i + 1]) for i in range(num_images)])
         condition = condition.repeat_interleave(ensemble, dim=0)
         latents = draw_noise(ensemble, num_images, tuple(condition.shape[1:]), generator, device, dtype)
         text = self.prompt_embedding(1).to(device=device, dtype=dtype)

@@ -208,3 +208,17 @@ def test_precompute_refuses_vae_decoder_training(tmp_path, tiny_sd_dir, tiny_spe
     with pytest.raises(ConfigError, match="precompute_latents cannot be combined"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
                                              precompute_latents=True, train_vae_decoder=True))
+
+
+@pytest.mark.slow
+def test_bf16_accumulation_checkpointing_and_push_to_hub(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, hub_server):
+    from huggingface_hub import HfApi
+
+    config = load_config(ULDMConfig, write_config(
+        tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, mixed_precision="bf16", gradient_accumulation_steps=2,
+        gradient_checkpointing=True, max_train_steps=2, checkpointing_steps=2, validation_steps=2, use_ema=False,
+        push_to_hub=True, hub_model_id="testorg/uldm-from-training"))
+    pipeline = train(config)
+    assert pipeline.unet.dtype == torch.float32  # fp32 master weights saved, whatever the autocast dtype
+    files = {s.rfilename for s in HfApi().model_info("testorg/uldm-from-training").siblings}
+    assert {"model_index.json", "README.md", "unet/diffusion_pytorch_model.safetensors"} <= files
