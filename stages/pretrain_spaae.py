@@ -21,14 +21,13 @@ from torch import nn
 
 from uldm.models import SpeUAE
 from uldm.training import (
+    stage_main,
     ConfigError,
     TrainConfig,
-    base_argument_parser,
     build_accelerator,
     build_scheduler,
     build_train_loader,
     config_dict,
-    config_from_args,
     resume,
     save_pretrained_atomic,
     train_loop,
@@ -102,14 +101,7 @@ def train(config: SpaAEConfig, resume_from: Optional[str] = None):
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = base_argument_parser("Pre-train a small SpaAE (SD VAE) on RGB and code images").parse_args(argv)
-    try:
-        train(config_from_args(SpaAEConfig, args), args.resume_from_checkpoint)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+    return stage_main("Pre-train a small SpaAE (SD VAE) on RGB and code images", SpaAEConfig, train, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -37,14 +37,13 @@ from uldm.models.r2hdiff import (
 )
 from uldm.pipelines.pipeline_r2hdiff import R2HDiffPipeline, from_model_space, to_model_space
 from uldm.training import (
+    stage_main,
     ConfigError,
     TrainConfig,
-    base_argument_parser,
     build_accelerator,
     build_scheduler,
     build_train_loader,
     config_dict,
-    config_from_args,
     resume,
     save_pretrained_atomic,
     scene_paths,
@@ -209,15 +208,7 @@ def write_card(folder: Path, config: R2HDiffConfig, step: int, pipeline: R2HDiff
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = base_argument_parser("Train R2H-Diff (RGB-guided diffusion on the hyperspectral cube)").parse_args(argv)
-    try:
-        config = config_from_args(R2HDiffConfig, args)
-        train(config, args.resume_from_checkpoint)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+    return stage_main("Train R2H-Diff (RGB-guided diffusion on the hyperspectral cube)", R2HDiffConfig, train, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,20 +14,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from uldm.models import SpeUAE
 from uldm.training import (
+    stage_main,
     ConfigError,
     TrainConfig,
-    base_argument_parser,
     build_accelerator,
     build_scheduler,
     build_train_loader,
     config_dict,
-    config_from_args,
     load_frozen_vae,
     resume,
     save_pretrained_atomic,
@@ -163,15 +161,7 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = base_argument_parser("Stage 1: train the spectral unobservable-feature autoencoder (SpeUAE)").parse_args(argv)
-    try:
-        config = config_from_args(SpeUAEConfig, args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    train(config, args.resume_from_checkpoint)
-    return 0
-
+    return stage_main("Stage 1: train the spectral unobservable-feature autoencoder (SpeUAE)", SpeUAEConfig, train, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

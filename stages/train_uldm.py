@@ -24,15 +24,14 @@ from torch import nn
 from uldm.models import SpeUAE
 from uldm.models.sd_adapter import StableDiffusionLoadError, load_stable_diffusion
 from uldm.training import (
+    stage_main,
     ConfigError,
     TrainConfig,
-    base_argument_parser,
     build_accelerator,
     build_scheduler,
     build_train_loader,
     make_loader,
     config_dict,
-    config_from_args,
     resume,
     save_pretrained_atomic,
     scene_paths,
@@ -282,15 +281,7 @@ def write_card(folder: Path, config: ULDMConfig, step: int) -> None:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = base_argument_parser("Stage 2: fine-tune Stable Diffusion into the ULDM").parse_args(argv)
-    try:
-        config = config_from_args(ULDMConfig, args)
-        train(config, args.resume_from_checkpoint)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
+    return stage_main("Stage 2: fine-tune Stable Diffusion into the ULDM", ULDMConfig, train, argv)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -18,7 +18,7 @@ import logging
 import math
 import re
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Type, TypeVar
 
@@ -466,3 +466,18 @@ def train_loop(
         accelerator.log(logs, step=step)
     progress.close()
     return step
+
+
+def stage_main(description: str, config_class: Type[ConfigT], train: Callable[[ConfigT, Optional[str]], Any],
+               argv: Optional[Sequence[str]] = None) -> int:
+    """The command line every stage script shares: --config/--set/--output_dir/--resume_from_checkpoint, then
+    `train(config, resume_from)`; a config problem is printed (naming the file) with exit code 2."""
+    import sys
+
+    args = base_argument_parser(description).parse_args(argv)
+    try:
+        train(config_from_args(config_class, args), args.resume_from_checkpoint)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
