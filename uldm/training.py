@@ -216,8 +216,13 @@ def make_loader(config: TrainConfig, dataset):
 # ---------------------------------------------------------------------------------------------- accelerate
 def build_accelerator(config: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import ProjectConfiguration
 
+    # accelerate keeps process-wide singletons: a second run in one process (a notebook, the tests) with another
+    # mixed precision would be refused. Reset them; the process group (PartialState) is kept.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     project = ProjectConfiguration(project_dir=config.output_dir, logging_dir=str(Path(config.output_dir) / "logs"))
     report_to = config.report_to if config.report_to not in (None, "none") else None
     # Subnormal floats make CPU arithmetic orders of magnitude slower; a VAE run here slowed 30x mid-training.
