@@ -103,5 +103,6 @@ def train(config: SpaAEConfig, resume_from: Optional[str] = None):
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return stage_main("Pre-train a small SpaAE (SD VAE) on RGB and code images", SpaAEConfig, train, argv)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -210,5 +210,6 @@ def write_card(folder: Path, config: R2HDiffConfig, step: int, pipeline: R2HDiff
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return stage_main("Train R2H-Diff (RGB-guided diffusion on the hyperspectral cube)", R2HDiffConfig, train, argv)
 
+
 if __name__ == "__main__":
     sys.exit(main())

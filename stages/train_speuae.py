@@ -163,5 +163,6 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return stage_main("Stage 1: train the spectral unobservable-feature autoencoder (SpeUAE)", SpeUAEConfig, train, argv)
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -283,5 +283,6 @@ def write_card(folder: Path, config: ULDMConfig, step: int) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     return stage_main("Stage 2: fine-tune Stable Diffusion into the ULDM", ULDMConfig, train, argv)
 
+
 if __name__ == "__main__":
     sys.exit(main())
