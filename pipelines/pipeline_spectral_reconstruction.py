@@ -34,7 +34,6 @@ from .common import (
     make_output,
     resize_longer_side,
     resize_to,
-    split_batch,  # noqa: F401 - re-exported: it used to live here
 )
 
 

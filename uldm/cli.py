@@ -23,9 +23,20 @@ def add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> N
 def add_camera_arguments(parser: argparse.ArgumentParser) -> None:
     """--camera and the NTIRE-style degradation of the rendered RGB."""
     parser.add_argument("--camera", default="nikon5100", help="camera preset or CSV (wavelength,r,g,b); default nikon5100")
+    add_degradation_arguments(parser)
+
+
+def add_degradation_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the RGB rendered from ground truth is degraded (NTIRE 2022 style); all off by default."""
     parser.add_argument("--noise-photons", type=float, help="Poisson shot noise: photo-electrons at value 1.0")
     parser.add_argument("--bit-depth", type=int, help="quantise the RGB to this many bits (NTIRE: 8)")
     parser.add_argument("--jpeg-quality", type=int, help="JPEG-compress the RGB at this quality")
+
+
+def degradation_from_args(args: argparse.Namespace):
+    from .degradation import Degradation
+
+    return Degradation(photons=args.noise_photons, bit_depth=args.bit_depth, jpeg_quality=args.jpeg_quality)
 
 
 def select_scenes(args: argparse.Namespace) -> list[Path]:
@@ -43,10 +54,8 @@ def select_scenes(args: argparse.Namespace) -> list[Path]:
 
 def camera_and_degradation(args: argparse.Namespace):
     from .camera import CameraResponse
-    from .degradation import Degradation
 
-    degradation = Degradation(photons=args.noise_photons, bit_depth=args.bit_depth, jpeg_quality=args.jpeg_quality)
-    return CameraResponse.load(args.camera), degradation
+    return CameraResponse.load(args.camera), degradation_from_args(args)
 
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -251,19 +260,14 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("evaluate", help="score a checkpoint on ground-truth cubes (RGB rendered with its camera)")
     add_data_arguments(parser, default_split="val")
     add_model_arguments(parser)
-    parser.add_argument("--noise-photons", type=float, help="Poisson shot noise on the rendered RGB")
-    parser.add_argument("--bit-depth", type=int, help="quantise the rendered RGB to this many bits")
-    parser.add_argument("--jpeg-quality", type=int, help="JPEG-compress the rendered RGB")
+    add_degradation_arguments(parser)
     add_report_arguments(parser)
     parser.set_defaults(handler=run_evaluate)
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .degradation import Degradation
-
     model = model_from_args(args)
-    degradation = Degradation(photons=args.noise_photons, bit_depth=args.bit_depth, jpeg_quality=args.jpeg_quality)
-    return report(model, select_scenes(args), model.camera, degradation, args)
+    return report(model, select_scenes(args), model.camera, degradation_from_args(args), args)
 
 
 # ------------------------------------------------------------------------------------------------- hub

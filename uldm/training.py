@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import re
 import shutil
 from dataclasses import dataclass
@@ -160,15 +159,6 @@ def scene_paths(config: TrainConfig, which: Any) -> list[Path]:
     return select_scenes(paths, list(which))
 
 
-def check_data_matches_camera(config: TrainConfig, camera: CameraResponse, first_scene: Path) -> None:
-    """Fail before training when the data's bands cannot be rendered by the camera."""
-    from .data import read_scene
-
-    scene = read_scene(first_scene, format=config.data_format, grid=camera.grid)
-    if scene.cube.shape[-1] != camera.num_bands:
-        raise ConfigError(f"{first_scene}: {scene.cube.shape[-1]} bands, camera {camera.name!r} has {camera.num_bands}")
-
-
 class EpochSampler(torch.utils.data.Sampler):
     """A permutation fixed by (seed, epoch): the same on every process and after a resume."""
 
@@ -190,13 +180,15 @@ def build_train_loader(config: TrainConfig, camera: CameraResponse):
     """(dataset, sampler, loader) of seeded random patches; call `set_epoch` on dataset and sampler per epoch."""
     from .data import SpectralPatchDataset
 
-    scenes = scene_paths(config, config.train_scenes)
-    check_data_matches_camera(config, camera, scenes[0])
     dataset = SpectralPatchDataset(
-        scenes, camera, patch_size=config.patch_size, patches_per_scene=config.patches_per_scene, augment=True,
+        scene_paths(config, config.train_scenes), camera, patch_size=config.patch_size,
+        patches_per_scene=config.patches_per_scene, augment=True,
         degradation=Degradation.from_config(config.degradation), format=config.data_format,
         cache_size=config.scene_cache_size, seed=config.seed,
     )
+    # Read the first scene now (into the dataset's cache): data that cannot be brought onto the camera's grid
+    # fails here, naming the file, before any model is built.
+    dataset.scene(0)
     sampler, loader = make_loader(config, dataset)
     return dataset, sampler, loader
 
@@ -328,10 +320,6 @@ def without_rng_draws(loader) -> Iterator[Any]:
         return
     yield first
     yield from iterator
-
-
-def steps_per_epoch(loader, accumulation: int) -> int:
-    return max(1, math.ceil(len(loader) / accumulation))
 
 
 def config_dict(config: TrainConfig) -> dict[str, Any]:

@@ -31,7 +31,6 @@ class StableDiffusionParts:
     vae: Any
     noise_scheduler: Any
     empty_prompt: "PromptEmbedding"
-    source: str
 
 
 class PromptEmbedding(ModelMixin, ConfigMixin):
@@ -138,4 +137,4 @@ def load_stable_diffusion(name_or_path: str, revision: Optional[str] = None, var
     empty_prompt = encode_empty_prompt(tokenizer, text_encoder)
     del text_encoder  # needed once: the pipeline stores the embedding instead
     return StableDiffusionParts(unet=widen_conv_in(unet), vae=vae, noise_scheduler=noise_scheduler,
-                                empty_prompt=empty_prompt, source=name_or_path)
+                                empty_prompt=empty_prompt)
