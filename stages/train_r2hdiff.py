@@ -44,6 +44,7 @@ from uldm.training import (
     build_scheduler,
     build_train_loader,
     config_dict,
+    full_model,
     resume,
     save_pretrained_atomic,
     scene_paths,
@@ -164,7 +165,10 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
         return loss, {"train/l1": (prediction.detach() - hsi).abs().mean().item()}
 
     def validate_fn(current: int) -> dict[str, float]:
-        unwrapped = accelerator.unwrap_model(net).eval()
+        unwrapped = full_model(accelerator, net)  # every process: a collective under FSDP
+        if not accelerator.is_main_process:
+            return {}
+        unwrapped.eval()
         metrics = validate_pipeline(build_pipeline(unwrapped, noise_scheduler, camera, config), val_scenes,
                                     data_format=config.data_format,
                                     num_inference_steps=config.validation_inference_steps,
@@ -181,7 +185,7 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
 
     # 5. the complete pipeline, saved atomically, with a model card; optional push
     accelerator.wait_for_everyone()
-    pipeline = build_pipeline(accelerator.unwrap_model(net).eval(), noise_scheduler, camera, config)
+    pipeline = build_pipeline(full_model(accelerator, net).eval(), noise_scheduler, camera, config)
     if accelerator.is_main_process:
         folder = save_pretrained_atomic(pipeline, output_dir / "pipeline")
         write_card(folder, config, step, pipeline)

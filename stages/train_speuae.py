@@ -26,6 +26,7 @@ from uldm.training import (
     build_scheduler,
     build_train_loader,
     config_dict,
+    full_model,
     load_frozen_vae,
     resume,
     save_pretrained_atomic,
@@ -80,6 +81,10 @@ def validate(model: SpeUAE, scenes: Sequence[Path], config: SpeUAEConfig, device
         rows.append(evaluate_cube(recon[0].permute(1, 2, 0).float().cpu().numpy(), cube))
     model.train()
     return {f"val/{k}": v for k, v in mean_metrics(rows).items()}
+
+
+def validate_on_main(accelerator, model: SpeUAE, scenes: Sequence[Path], config: SpeUAEConfig) -> dict[str, float]:
+    return validate(model, scenes, config, accelerator.device) if accelerator.is_main_process else {}
 
 
 def unobservable_sample(model: SpeUAE, dataset, pixels: int) -> torch.Tensor:
@@ -147,12 +152,12 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
     step = train_loop(
         accelerator, config, models=[model], optimizer=optimizer, lr_scheduler=scheduler, loader=loader,
         dataset=dataset, sampler=sampler, start_step=step, loss_fn=loss_fn, desc="stage 1",
-        validate_fn=lambda _: validate(accelerator.unwrap_model(model), val_scenes, config, accelerator.device),
+        validate_fn=lambda _: validate_on_main(accelerator, full_model(accelerator, model), val_scenes, config),
     )
 
     # 5. final model
     accelerator.wait_for_everyone()
-    model = accelerator.unwrap_model(model)
+    model = full_model(accelerator, model)
     if accelerator.is_main_process:
         save_pretrained_atomic(model, output_dir / "speuae")
         accelerator.print(f"saved {output_dir / 'speuae'} after {step} steps ({time.perf_counter() - started:.0f} s this run)")

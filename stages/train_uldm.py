@@ -32,6 +32,7 @@ from uldm.training import (
     build_train_loader,
     make_loader,
     config_dict,
+    full_model,
     resume,
     save_pretrained_atomic,
     scene_paths,
@@ -99,6 +100,27 @@ def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor
     raise ConfigError(f"unsupported prediction_type {kind!r} in the pretrained scheduler")
 
 
+@torch.no_grad()
+def encode_latents(vae, speuae, hsi: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(code latent mean, its std, RGB condition latent), all scaled: everything stage 2 needs from a patch."""
+    scaling = vae.config.scaling_factor
+    posterior = vae.encode(speuae.encode(hsi, rgb).to(vae.dtype)).latent_dist
+    condition = vae.encode((rgb * 2 - 1).to(vae.dtype)).latent_dist.mode()
+    return posterior.mean * scaling, posterior.std * scaling, condition * scaling
+
+
+def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, condition: torch.Tensor,
+                   prompt: torch.Tensor) -> torch.Tensor:
+    """Noise the code latents at random timesteps; MSE of the UNet's prediction (beside the RGB latent)."""
+    noise = torch.randn_like(latents)
+    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    dtype = next(unet.parameters()).dtype  # fp32 master weights under autocast; bf16/fp16 under DeepSpeed
+    prediction = unet(torch.cat([condition, noisy], dim=1).to(dtype), timesteps,
+                      encoder_hidden_states=prompt.expand(len(latents), -1, -1).to(dtype)).sample
+    return F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
+
+
 def build_pipeline(unet, vae, noise_scheduler, speuae, empty_prompt, **defaults):
     """The inference pipeline from the current components: DDIM with trailing spacing (1 step starts at t=999).
     `defaults`: default_denoising_steps / default_processing_resolution / default_ensemble_size."""
@@ -135,11 +157,14 @@ def load_components(config: ULDMConfig):
 
 def train(config: ULDMConfig, resume_from: Optional[str] = None):
     """Run stage 2 in this process (one of several under `accelerate launch`); returns the pipeline."""
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from diffusers.training_utils import EMAModel
 
     output_dir = Path(config.output_dir)
     accelerator = build_accelerator(config)
+    if config.use_ema and accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("use_ema is not supported under FSDP (each process holds a shard of the UNet); "
+                          "use DDP or DeepSpeed ZeRO-2, or set use_ema: false")
     set_seed(config.seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
@@ -165,15 +190,9 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     # 2. data: seeded random patches of spectra, RGB rendered with SpeUAE's camera (or their cached latents)
     dataset, sampler, loader = build_train_loader(config, speuae.camera)
     val_scenes = scene_paths(config, config.val_scenes)
-    scaling = vae.config.scaling_factor
 
-    @torch.no_grad()
     def encode(hsi: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(code latent mean, its std, RGB condition latent), all scaled: everything stage 2 needs from a patch."""
-        hsi, rgb = hsi.to(accelerator.device), rgb.to(accelerator.device)
-        posterior = vae.encode(speuae.encode(hsi, rgb).to(vae.dtype)).latent_dist
-        condition = vae.encode((rgb * 2 - 1).to(vae.dtype)).latent_dist.mode()
-        return posterior.mean * scaling, posterior.std * scaling, condition * scaling
+        return encode_latents(vae, speuae, hsi.to(accelerator.device), rgb.to(accelerator.device))
 
     if config.precompute_latents:
         from uldm.latent_cache import LatentCacheDataset, build_latent_cache
@@ -202,6 +221,8 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
     step = resume(accelerator, output_dir, resume_from)
+    if ema is not None:
+        ema.to(accelerator.device)  # load_state restores the EMA weights on the CPU
     frozen_vae = accelerator.unwrap_model(models[1]).vae if decoder_loss is not None else vae
 
     # 4. train: code latents noised by the pretrained scheduler, UNet predicts its target next to the RGB latent
@@ -209,13 +230,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
         mean, std, condition = (batch["mean"], batch["std"], batch["condition"]) if "mean" in batch \
             else encode(batch["hsi"], batch["rgb"])
         latents = (mean + std * torch.randn_like(mean)).float()  # a posterior sample, as VAE.encode().sample()
-        condition = condition.float()
-        noise = torch.randn_like(latents)
-        timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
-        noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-        prediction = unet(torch.cat([condition, noisy], dim=1), timesteps,
-                          encoder_hidden_states=text.expand(len(latents), -1, -1)).sample
-        loss = F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
+        loss = denoising_loss(unet, noise_scheduler, latents, condition.float(), text)
         if decoder_loss is None:
             return loss, {}
         with torch.no_grad():
@@ -224,7 +239,9 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
         return loss + code_loss, {"train/vae_decoder_l1": code_loss.item()}
 
     def validate_fn(current: int) -> dict[str, float]:
-        unwrapped = accelerator.unwrap_model(unet)
+        unwrapped = full_model(accelerator, unet)  # every process: a collective under FSDP
+        if not accelerator.is_main_process:
+            return {}
         if ema is not None:
             ema.store(unwrapped.parameters())
             ema.copy_to(unwrapped.parameters())
@@ -248,7 +265,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
 
     # 5. the complete pipeline (EMA weights if kept), saved atomically; model card; optional push
     accelerator.wait_for_everyone()
-    unet = accelerator.unwrap_model(unet)
+    unet = full_model(accelerator, unet)
     if ema is not None:
         ema.copy_to(unet.parameters())
     pipeline = build_pipeline(unet.eval(), frozen_vae.to(torch.float32), noise_scheduler, speuae, empty_prompt,

@@ -124,6 +124,19 @@ def test_bf16_keeps_the_rgb_exact(tiny_pipeline, rgb, tmp_path):
     assert out.rgb_error[0] < 1e-5  # the spectra are composed in float32 with float64 bases
 
 
+def test_fp16_variant_saves_beside_fp32_and_loads_by_name(tiny_pipeline, rgb, tmp_path):
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    tiny_pipeline.to(torch.float16).save_pretrained(tmp_path / "pipe", variant="fp16")
+    assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists()
+    assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    half = SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe", variant="fp16", torch_dtype=torch.float16)
+    full = SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe")
+    assert half.unet.dtype == torch.float16 and full.unet.dtype == torch.float32
+    for name, tensor in half.unet.state_dict().items():  # the fp16 files hold the fp16-rounded fp32 weights
+        torch.testing.assert_close(tensor, full.unet.state_dict()[name].half(), rtol=0, atol=0, msg=name)
+    assert run(half.to(torch.float32), rgb).rgb_error[0] < 1e-5
+
+
 def test_push_and_pull_over_http(tiny_pipeline, rgb, hub_server, tmp_path):
     from huggingface_hub import HfApi
 

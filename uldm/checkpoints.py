@@ -56,15 +56,19 @@ def default_checkpoint() -> Path:
     raise FileNotFoundError(f"no shipped checkpoint found in {CHECKPOINTS_DIR} (looked for {DEFAULT_CHECKPOINTS})")
 
 
-def load_pipeline(spec: Union[str, Path], **kwargs):
-    """Any uldm pipeline (folder or hub id): the class is read from its model_index.json."""
+def load_pipeline(spec: Union[str, Path], *, revision: Optional[str] = None, cache_dir: Optional[str] = None,
+                  local_files_only: bool = False, token: Optional[str] = None, **kwargs):
+    """Any uldm pipeline (folder or hub id): the class is read from its model_index.json. `revision`,
+    `cache_dir`, `local_files_only` and `token` go to the hub download; the rest (`torch_dtype`, `variant`, ...)
+    to the pipeline's `from_pretrained`."""
     import json
 
     import uldm
 
     from .hub import resolve_pretrained
 
-    folder = resolve_pretrained(str(spec), **kwargs)
+    folder = resolve_pretrained(str(spec), revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+                                token=token)
     index = folder / "model_index.json"
     if not index.exists():
         raise ValueError(f"{spec}: no model_index.json (expected a pipeline saved with save_pretrained)")
@@ -72,7 +76,7 @@ def load_pipeline(spec: Union[str, Path], **kwargs):
     pipeline_class = getattr(uldm, str(class_name), None)
     if pipeline_class is None or not hasattr(pipeline_class, "from_pretrained"):
         raise ValueError(f"{spec}: model_index.json names {class_name!r}, which is not a uldm pipeline")
-    return pipeline_class.from_pretrained(folder)
+    return pipeline_class.from_pretrained(folder, **kwargs)
 
 
 def load_reconstructor(spec: Optional[Union[str, Path]] = None, steps: Optional[int] = None,

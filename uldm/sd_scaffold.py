@@ -16,14 +16,21 @@ from typing import Union
 
 import torch
 
-# name -> (UNet block widths, VAE block widths, text width). "tiny" is for tests; "small" is the CAVE recipe's.
+# Sizes: "tiny" is for tests; "small" is the CAVE CPU recipe's; "base" is the CAVE GPU recipe's (8 latent channels
+# at 1/4 resolution, as SD3-style VAEs widen the latent, so the code image survives the VAE better); "sd21" has
+# exactly the UNet and VAE architecture of stabilityai/stable-diffusion-2-1 (865 M + 84 M parameters; random
+# weights, for timing: its text encoder stays tiny, as only the empty prompt's embedding width matters).
 SIZES = {
     "tiny": {"unet": (32, 64), "vae": (16, 32), "text": 32, "layers": 1},
     "small": {"unet": (32, 64, 64), "vae": (16, 32, 32), "text": 64, "layers": 1},
+    "base": {"unet": (64, 128, 128), "vae": (32, 64, 64), "text": 64, "layers": 2, "latent_channels": 8},
+    "sd21": {"unet": (320, 640, 1280, 1280), "vae": (128, 256, 512, 512), "text": 1024, "layers": 2,
+             "attention_head_dim": (5, 10, 20, 20), "groups": 32, "vae_mid_attention": True,
+             "use_linear_projection": True},
 }
 
 
-def _write_tokenizer(folder: Path):
+def _build_tokenizer():
     """A CLIP BPE tokenizer over lowercase letters: enough for the empty prompt the ULDM uses."""
     from transformers import CLIPTokenizer
 
@@ -39,9 +46,8 @@ def _write_tokenizer(folder: Path):
     return tokenizer
 
 
-def write_small_sd(folder: Union[str, Path], size: str = "tiny", seed: int = 0,
-                   prediction_type: str = "epsilon") -> Path:
-    """Save a randomly initialised SD-architecture pipeline of the given size; returns the folder."""
+def build_small_sd(size: str = "tiny", seed: int = 0, prediction_type: str = "epsilon"):
+    """A randomly initialised SD-architecture `StableDiffusionPipeline` of the given size (in memory)."""
     from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -49,34 +55,41 @@ def write_small_sd(folder: Union[str, Path], size: str = "tiny", seed: int = 0,
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     spec = SIZES[size]
     torch.manual_seed(seed)
-    levels = len(spec["unet"])
+    levels, groups, latent = len(spec["unet"]), spec.get("groups", 8), spec.get("latent_channels", 4)
     unet = UNet2DConditionModel(
-        sample_size=32, in_channels=4, out_channels=4, layers_per_block=spec["layers"],
+        sample_size=32, in_channels=latent, out_channels=latent, layers_per_block=spec["layers"],
         block_out_channels=spec["unet"],
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
-        cross_attention_dim=spec["text"], attention_head_dim=8, norm_num_groups=8,
+        cross_attention_dim=spec["text"], attention_head_dim=spec.get("attention_head_dim", 8),
+        norm_num_groups=groups, use_linear_projection=spec.get("use_linear_projection", False),
     )
     vae_levels = len(spec["vae"])
     vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=spec["vae"],
+        in_channels=3, out_channels=3, latent_channels=latent, block_out_channels=spec["vae"],
         down_block_types=("DownEncoderBlock2D",) * vae_levels, up_block_types=("UpDecoderBlock2D",) * vae_levels,
-        layers_per_block=spec["layers"], norm_num_groups=8, sample_size=64,
-        # Fully convolutional: trained on small crops here, it must still work on whole images, and mid-block
-        # attention trained on 8x8 latent grids does not carry over to 64x64 ones (measured: 4x the L1 error).
-        mid_block_add_attention=False,
+        layers_per_block=spec["layers"], norm_num_groups=groups, sample_size=64,
+        # Fully convolutional by default: trained on small crops here, it must still work on whole images, and
+        # mid-block attention trained on 8x8 latent grids does not carry over to 64x64 ones (measured: 4x the L1
+        # error). "sd21" keeps SD's mid-block attention.
+        mid_block_add_attention=spec.get("vae_mid_attention", False),
     )
-    tokenizer = _write_tokenizer(Path(folder))
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=1000, hidden_size=spec["text"], intermediate_size=2 * spec["text"], num_attention_heads=4,
         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
     ))
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
-                              beta_end=0.012, prediction_type=prediction_type, clip_sample=False)
-    pipeline = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                       scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                       requires_safety_checker=False)
-    pipeline.save_pretrained(folder)
+                              beta_end=0.012, prediction_type=prediction_type, clip_sample=False,
+                              steps_offset=1)
+    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_build_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def write_small_sd(folder: Union[str, Path], size: str = "tiny", seed: int = 0,
+                   prediction_type: str = "epsilon") -> Path:
+    """Save a randomly initialised SD-architecture pipeline of the given size; returns the folder."""
+    build_small_sd(size, seed=seed, prediction_type=prediction_type).save_pretrained(folder)
     return Path(folder)
 
 

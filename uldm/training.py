@@ -73,6 +73,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         """Cheap checks before anything heavy happens; stages extend this."""
+        if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
+            self.mixed_precision = "no"
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
@@ -344,6 +346,27 @@ def save_pretrained_atomic(model, path: Path) -> Path:
     return path
 
 
+def full_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+    """The trained module with every weight present, for validation and the final save.
+
+    Under FSDP (and DeepSpeed ZeRO-3) each process holds a shard, so `unwrap_model` alone is incomplete;
+    `get_state_dict` gathers the weights. That gather is a collective: call this on EVERY process, not only the
+    main one (the main process gets a full copy; the others get their unwrapped module back, unused). Elsewhere
+    it is `unwrap_model`, no copy.
+    """
+    from accelerate.utils import DistributedType
+
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return unwrapped
+    state = accelerator.get_state_dict(model)  # collective
+    if not accelerator.is_main_process:
+        return unwrapped
+    copy = type(unwrapped).from_config(unwrapped.config)
+    copy.load_state_dict(state)
+    return copy.to(accelerator.device)
+
+
 def load_frozen_vae(path: str, device: torch.device):
     """An SD-format AutoencoderKL (a VAE folder, or a pipeline folder holding vae/), frozen, in eval mode."""
     from diffusers import AutoencoderKL
@@ -422,8 +445,9 @@ def train_loop(
 
     `loss_fn(batch) -> (loss, logs)` is the stage's only business. Around it: gradient accumulation and
     clipping, `after_step` (e.g. an EMA update) after each optimizer step, atomic checkpoints every
-    `checkpointing_steps`, `validate_fn(step)` on the main process every `validation_steps`, tracker logging and
-    a progress bar.
+    `checkpointing_steps`, `validate_fn(step)` every `validation_steps`, tracker logging and a progress bar.
+    `validate_fn` runs on every process (so it can call the collective `full_model`) and returns the main
+    process's metrics ({} elsewhere).
     """
     output_dir = Path(config.output_dir)
     step = start_step
@@ -451,8 +475,8 @@ def train_loop(
         if step % config.checkpointing_steps == 0 or step == config.max_train_steps:
             save_checkpoint(accelerator, output_dir, step, config.checkpoints_total_limit)
         if validate_fn is not None and (step % config.validation_steps == 0 or step == config.max_train_steps):
+            metrics = validate_fn(step)  # on every process: gathering sharded weights is collective
             if accelerator.is_main_process:
-                metrics = validate_fn(step)
                 logs.update(metrics)
                 tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             accelerator.wait_for_everyone()

@@ -23,6 +23,7 @@ from typing import Callable, Optional
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
+from diffusers.utils.accelerate_utils import apply_forward_hook
 from torch import nn
 
 from ..camera import CameraResponse
@@ -123,6 +124,7 @@ class SpeUAE(ModelMixin, ConfigMixin):
         if tensor.ndim != 4 or tensor.shape[1] != channels:
             raise ValueError(f"SpeUAE.{what}: expected N x {channels} x H x W, got shape {tuple(tensor.shape)}")
 
+    @apply_forward_hook  # so enable_model_cpu_offload moves the model in for this call too
     def encode(self, hsi: torch.Tensor, rgb: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Spectra (N x B x H x W) -> code image in [-1, 1]. `rgb` defaults to the clean rendering Φ s."""
         self._check(hsi, self.num_bands, "encode")
@@ -133,6 +135,7 @@ class SpeUAE(ModelMixin, ConfigMixin):
         linear = self.linear_encoder(u.movedim(1, -1)).movedim(-1, 1)
         return torch.tanh(linear + self.encoder(torch.cat([u, rgb * 2 - 1], dim=1)))
 
+    @apply_forward_hook
     def decode_unobservable(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         """Code image + RGB -> û, the coordinates of the unobservable part (B-3 channels)."""
         self._check(code, self.config.code_channels, "decode")
@@ -140,6 +143,7 @@ class SpeUAE(ModelMixin, ConfigMixin):
         linear = self.linear_decoder(code.movedim(1, -1)).movedim(-1, 1)
         return (linear + self.decoder(torch.cat([code, rgb * 2 - 1], dim=1))) / self.config.unobservable_scale
 
+    @apply_forward_hook
     def decode(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         """Code image + RGB -> spectra Φ⁺c + N û, which render back to `rgb` exactly."""
         return self.split.compose(rgb, self.decode_unobservable(code, rgb), dim=1)
