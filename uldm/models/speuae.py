@@ -24,6 +24,7 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils.accelerate_utils import apply_forward_hook
+import torch.nn.functional as F
 from torch import nn
 
 from ..camera import CameraResponse
@@ -31,6 +32,10 @@ from ..nullspace import ObservableSplit
 
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
+IN_PLACE = {nn.SiLU: lambda x: F.silu(x, inplace=True), nn.ReLU: lambda x: F.relu(x, inplace=True), nn.GELU: F.gelu}
+# Pixels per inference chunk: each layer's activations then stay in the CPU cache. Measured on the 2-core CPU,
+# SpeUAE encoder on 512 x 512: 0.68 s in one piece, 0.50 s in chunks of 32768 with in-place activations.
+INFERENCE_CHUNK = 32768
 
 
 class PointwiseMLP(nn.Module):
@@ -51,7 +56,18 @@ class PointwiseMLP(nn.Module):
         self.net = nn.Sequential(*blocks, last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        pixels = x.permute(0, 2, 3, 1)
+        if torch.is_grad_enabled():
+            return self.net(pixels).permute(0, 3, 1, 2)
+        flat = pixels.reshape(-1, pixels.shape[-1])
+        out = torch.cat([self._infer(chunk) for chunk in flat.split(INFERENCE_CHUNK)])
+        return out.reshape(*pixels.shape[:-1], -1).permute(0, 3, 1, 2)
+
+    def _infer(self, x: torch.Tensor) -> torch.Tensor:
+        """The same layers without autograd: activations in place, so a chunk's buffers are reused."""
+        for layer in self.net:
+            x = layer(x) if isinstance(layer, nn.Linear) else IN_PLACE[type(layer)](x)
+        return x
 
 
 class SpeUAE(ModelMixin, ConfigMixin):
