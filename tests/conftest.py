@@ -251,3 +251,17 @@ def tiny_pipeline(tiny_sd_dir, tiny_speuae_dir):
     parts = load_stable_diffusion(str(tiny_sd_dir))
     return build_pipeline(parts.unet.eval(), parts.vae, parts.noise_scheduler, SpeUAE.from_pretrained(tiny_speuae_dir),
                           parts.empty_prompt, default_denoising_steps=2)
+
+
+@pytest.fixture
+def load_benchmark():
+    """Import a script from benchmarks/ by name (they are scripts, not a package): load_benchmark("compare_models")."""
+    import importlib.util
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

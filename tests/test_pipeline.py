@@ -189,3 +189,12 @@ def test_cli_push_and_pull(tiny_pipeline, tmp_path, hub_server, capsys):
     assert (tmp_path / "pulled" / "model_index.json").read_text() == (tmp_path / "pipe" / "model_index.json").read_text()
     assert main(["push", str(tmp_path), "testorg/x"]) == 2  # not a pipeline folder
     assert "model_index.json" in capsys.readouterr().err
+
+
+def test_inference_speed_benchmark_runs_a_saved_pipeline(tiny_pipeline, tmp_path, load_benchmark, capsys):
+    module = load_benchmark("inference_speed")
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    module.main(["--checkpoint", str(tmp_path / "pipe"), "--resolution", "16", "--count", "2", "--dtype", "fp32",
+                 "--batch-size", "1", "2"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("fp32")]
+    assert [row[2] for row in rows] == ["1", "2"] and all(float(row[3]) > 0 for row in rows)  # batch, images/s

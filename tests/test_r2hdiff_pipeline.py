@@ -242,12 +242,8 @@ def test_shipped_config_is_valid():
 
 # ---------------------------------------------------------------------------------------------- benchmark
 def test_compare_models_prints_one_table_and_measures_the_projection(tiny_r2h_pipeline, tmp_path, tiny_cave_root,
-                                                                      capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("compare_models", REPO / "benchmarks" / "compare_models.py")
-    compare_models = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(compare_models)
+                                                                      load_benchmark, capsys):
+    compare_models = load_benchmark("compare_models")
     tiny_r2h_pipeline.save_pretrained(tmp_path / "r2h" / "pipeline")
     baseline = REPO / "checkpoints" / "baseline-rootpoly-nikon5100.npz"
     assert compare_models.main([str(baseline), str(tmp_path / "r2h" / "pipeline"), "--data", str(tiny_cave_root),

@@ -222,3 +222,20 @@ def test_bf16_accumulation_checkpointing_and_push_to_hub(tmp_path, tiny_sd_dir, 
     assert pipeline.unet.dtype == torch.float32  # fp32 master weights saved, whatever the autocast dtype
     files = {s.rfilename for s in HfApi().model_info("testorg/uldm-from-training").siblings}
     assert {"model_index.json", "README.md", "unet/diffusion_pytorch_model.safetensors"} <= files
+
+
+# --------------------------------------------------------------------------------------------- benchmarks
+def test_base_scaffold_with_eight_latent_channels_loads_as_stable_diffusion(tmp_path):
+    from uldm.sd_scaffold import write_small_sd
+
+    parts = load_stable_diffusion(str(write_small_sd(tmp_path / "base", size="base")))
+    assert parts.vae.config.latent_channels == 8
+    assert parts.unet.config.in_channels == 16 and parts.unet.config.out_channels == 8  # widened: [RGB, noisy]
+
+
+def test_throughput_benchmark_times_the_training_step(load_benchmark, capsys):
+    load_benchmark("stage2_throughput").main(["--size", "tiny", "--resolution", "32", "--batch-size", "1",
+                                              "--accumulation", "1", "2", "--warmup", "0", "--steps", "1"])
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip()[:1].isdigit()]
+    assert [row[0] for row in rows] == ["1", "2"]
+    assert all(float(row[1]) > 0 for row in rows)  # samples/s
