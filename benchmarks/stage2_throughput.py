@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import tempfile
 import time
 from typing import Sequence
 
@@ -26,6 +27,7 @@ from uldm.models import SpeUAE
 from uldm.models.sd_adapter import encode_empty_prompt, widen_conv_in
 from uldm.sd_scaffold import SIZES, build_small_sd
 from uldm.stages.train_uldm import denoising_loss, encode_latents
+from uldm.training import TrainConfig, build_accelerator
 from uldm.spectral import DEFAULT_GRID
 
 
@@ -37,13 +39,9 @@ def synchronize(device: torch.device) -> None:
 def measure(size: str, resolution: int, batch_size: int, accumulation: int, mixed_precision: str,
             gradient_checkpointing: bool, warmup: int, steps: int) -> dict[str, float]:
     """Samples/s and peak memory (GiB, CUDA only) of `steps` optimizer steps after `warmup` untimed ones."""
-    from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state()
-    GradientState._reset_state()
-    accelerator = Accelerator(mixed_precision=mixed_precision, gradient_accumulation_steps=accumulation,
-                              cpu=not torch.cuda.is_available())
+    # the trainers' own Accelerator (device choice, denormal flushing, mixed precision, accumulation)
+    accelerator = build_accelerator(TrainConfig(output_dir=tempfile.gettempdir(), mixed_precision=mixed_precision,
+                                                gradient_accumulation_steps=accumulation, report_to=None))
     device = accelerator.device
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
 

@@ -120,6 +120,11 @@ def ensemble_statistics(samples: torch.Tensor, num_images: int, ensemble: int) -
     return grouped.mean(dim=1), grouped.std(dim=1, unbiased=False)
 
 
+def rgb_error_per_image(split, spectra: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+    """max |Φŝ − c| of each image (N x B x H x W spectra, N x 3 x H x W RGB), through an `ObservableSplit`."""
+    return (split.render(spectra.float(), dim=1) - rgb.float()).abs().flatten(1).max(dim=1).values
+
+
 def make_output(spectra: torch.Tensor, uncertainty: torch.Tensor, code: Optional[torch.Tensor],
                 wavelengths: np.ndarray, rgb_error: torch.Tensor, output_type: str,
                 return_dict: bool) -> Union[SpectralReconstructionOutput, tuple]:

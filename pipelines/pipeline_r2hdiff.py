@@ -48,6 +48,7 @@ from .common import (
     make_output,
     resize_longer_side,
     resize_to,
+    rgb_error_per_image,
 )
 
 DEFAULT_CAMERA = "Nikon 5100 (NPL)"
@@ -142,10 +143,6 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
         """
         return self.split.compose(rgb.float(), self.split.unobservable(spectra.float(), dim=1), dim=1)
 
-    def rgb_error(self, spectra: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        """Per image, max |Φŝ − c|."""
-        return (self.split.render(spectra.float(), dim=1) - rgb.float()).abs().flatten(1).max(dim=1).values
-
     # ---------------------------------------------------------------------------------------------- call
     @torch.no_grad()
     def __call__(
@@ -224,7 +221,7 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
         spectra, uncertainty = ensemble_statistics(spectra, num_images, ensemble)
         if clamp:
             spectra = spectra.clamp(0, 1)
-        rgb_error = self.rgb_error(spectra, rgb_out)
+        rgb_error = rgb_error_per_image(self.split, spectra, rgb_out)
 
         # 8. Outputs (no code image in this family)
         self.maybe_free_model_hooks()

@@ -34,6 +34,7 @@ from .common import (
     make_output,
     resize_longer_side,
     resize_to,
+    rgb_error_per_image,
 )
 
 
@@ -185,7 +186,7 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         codes, _ = ensemble_statistics(codes, num_images, ensemble)
         if clamp:
             spectra = spectra.clamp(0, 1)
-        rgb_error = (self.speuae.split.render(spectra, dim=1) - rgb_out).abs().flatten(1).max(dim=1).values
+        rgb_error = rgb_error_per_image(self.speuae.split, spectra, rgb_out)
 
         # 8. Outputs
         self.maybe_free_model_hooks()
