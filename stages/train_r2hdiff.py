@@ -46,6 +46,7 @@ from uldm.training import (
     config_dict,
     full_model,
     resume,
+    sample_pixels,
     save_pretrained_atomic,
     scene_paths,
     train_loop,
@@ -64,6 +65,9 @@ class R2HDiffConfig(TrainConfig):
     time_embed_dim: int = 64
     adaptive_temperature: bool = True
     spectral_gate: bool = True
+    # the U-Net corrects a root-polynomial regression of the RGB, fitted on this many training pixels at the start
+    regression_skip: bool = False
+    regression_init_pixels: int = 200_000
     # diffusion: the task-adapted linear schedule, rescaled to zero terminal SNR (see make_r2hdiff_scheduler)
     num_train_timesteps: int = 1000
     beta_start: float = R2HDIFF_BETA_START
@@ -104,7 +108,7 @@ def build_network(config: R2HDiffConfig, camera: CameraResponse) -> R2HDiffNet:
             rgb_feature_channels=tuple(config.rgb_feature_channels), layers_per_level=tuple(config.layers_per_level),
             attention_heads=tuple(config.attention_heads), ffn_expansion=config.ffn_expansion,
             time_embed_dim=config.time_embed_dim, adaptive_temperature=config.adaptive_temperature,
-            spectral_gate=config.spectral_gate, prediction_type="sample",
+            spectral_gate=config.spectral_gate, prediction_type="sample", regression_skip=config.regression_skip,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"network: {exc}") from exc
@@ -143,6 +147,9 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
 
     # 2. network, schedule, optimiser, LR schedule; accelerate wraps what trains
     net = build_network(config, camera)
+    if config.regression_skip:  # start from the least-squares regression (a resumed run then loads its own)
+        rgb, hsi = sample_pixels(dataset, config.regression_init_pixels)
+        net.init_regression(rgb, to_model_space(hsi))
     noise_scheduler = build_noise_scheduler(config)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     lr_scheduler = build_scheduler(config, optimizer, accelerator.num_processes)

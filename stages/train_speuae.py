@@ -29,6 +29,7 @@ from uldm.training import (
     full_model,
     load_frozen_vae,
     resume,
+    sample_pixels,
     save_pretrained_atomic,
     scene_paths,
     train_loop,
@@ -42,9 +43,11 @@ class SpeUAEConfig(TrainConfig):
     decoder_channels: int = 64
     num_layers: int = 3
     activation: str = "silu"
+    context: int = 1  # 1: per pixel; k (odd): the first layer of each MLP sees a k x k neighbourhood
     # loss: L1 on spectra (+ spectral angle) (+ the same after the code passes the frozen SpaAE)
     linear_init_pixels: int = 200_000  # start from the PCA code of this many training pixels (0: random start)
     sam_weight: float = 0.0
+    mse_weight: float = 0.0  # + this x mean squared error (the quantity PSNR scores; L1 alone favours MRAE)
     vae_path: Optional[str] = None  # an SD-format VAE (folder with config.json, or a pipeline folder with vae/)
     vae_loss_weight: float = 0.1
 
@@ -61,9 +64,14 @@ def spectral_angle(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1 - F.cosine_similarity(pred, target, dim=1, eps=1e-6).mean()
 
 
-def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, sam_weight: float) -> torch.Tensor:
+def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, sam_weight: float = 0.0,
+                        mse_weight: float = 0.0) -> torch.Tensor:
     loss = F.l1_loss(pred, target)
-    return loss + sam_weight * spectral_angle(pred, target) if sam_weight else loss
+    if sam_weight:
+        loss = loss + sam_weight * spectral_angle(pred, target)
+    if mse_weight:
+        loss = loss + mse_weight * F.mse_loss(pred, target)
+    return loss
 
 
 @torch.no_grad()
@@ -85,18 +93,6 @@ def validate(model: SpeUAE, scenes: Sequence[Path], config: SpeUAEConfig, device
 
 def validate_on_main(accelerator, model: SpeUAE, scenes: Sequence[Path], config: SpeUAEConfig) -> dict[str, float]:
     return validate(model, scenes, config, accelerator.device) if accelerator.is_main_process else {}
-
-
-def unobservable_sample(model: SpeUAE, dataset, pixels: int) -> torch.Tensor:
-    """u of about `pixels` training pixels (seeded patches, identical on every process) for the PCA start."""
-    chunks, count = [], 0
-    for index in range(len(dataset)):
-        hsi = dataset[index]["hsi"]
-        chunks.append(model.split.unobservable(hsi.flatten(1).T.double()))
-        count += chunks[-1].shape[0]
-        if count >= pixels:
-            break
-    return torch.cat(chunks)[:pixels]
 
 
 def vae_round_trip(vae) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -124,9 +120,10 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
 
     # 2. model, optional frozen SpaAE, optimiser, LR schedule
     model = SpeUAE.for_camera(camera, encoder_channels=config.encoder_channels, decoder_channels=config.decoder_channels,
-                              num_layers=config.num_layers, activation=config.activation)
+                              num_layers=config.num_layers, activation=config.activation, context=config.context)
     if config.linear_init_pixels:
-        model.init_linear_code(unobservable_sample(model, dataset, config.linear_init_pixels))
+        _, hsi = sample_pixels(dataset, config.linear_init_pixels)
+        model.init_linear_code(model.split.unobservable(hsi.double()))
     vae = load_frozen_vae(config.vae_path, accelerator.device) if config.vae_path else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
@@ -142,10 +139,10 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
         hsi, rgb = batch["hsi"], batch["rgb"]
         outputs = model(hsi, rgb, code_channel=channel)
-        loss = reconstruction_loss(outputs[0], hsi, config.sam_weight)
+        loss = reconstruction_loss(outputs[0], hsi, config.sam_weight, config.mse_weight)
         if channel is None:
             return loss, {}
-        through_vae = reconstruction_loss(outputs[2], hsi, config.sam_weight)
+        through_vae = reconstruction_loss(outputs[2], hsi, config.sam_weight, config.mse_weight)
         return loss + config.vae_loss_weight * through_vae, {"train/loss_through_vae": through_vae.item()}
 
     started = time.perf_counter()

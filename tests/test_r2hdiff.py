@@ -155,6 +155,39 @@ def test_a_few_optimisation_steps_reduce_the_loss():
     assert losses[-1] < 0.7 * losses[0]  # about 0.52 x in practice
 
 
+def test_regression_skip_starts_at_the_least_squares_fit_and_round_trips(tmp_path):
+    from uldm.baseline import RootPolynomialRegression
+    from uldm.camera import CameraResponse
+
+    camera = CameraResponse.from_preset("nikon5100")
+    generator = torch.Generator().manual_seed(0)
+    spectra = torch.rand(400, 31, generator=generator, dtype=torch.float64)
+    rgb = torch.from_numpy(camera.render(spectra.numpy()))
+    model = R2HDiffNet(**TINY, regression_skip=True)
+    model.init_regression(rgb, spectra)
+    reference = RootPolynomialRegression.fit(rgb.numpy(), spectra.numpy(), camera)  # the baseline's own fit
+    image = rgb[:48].T.reshape(1, 3, 6, 8).float()
+    expected = torch.from_numpy(reference(image[0].permute(1, 2, 0).numpy())).permute(2, 0, 1)[None]
+    with torch.no_grad():
+        out = model(torch.randn(1, 31, 6, 8), image, 999)  # the head is zero at the start: the fit alone
+        torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model.regression_estimate(image), expected, atol=1e-5, rtol=0)
+    _perturbed(model).save_pretrained(tmp_path / "skip")
+    loaded = R2HDiffNet.from_pretrained(tmp_path / "skip")
+    assert loaded.config.regression_skip
+    with torch.no_grad():
+        noisy = torch.randn(1, 31, 6, 8)
+        torch.testing.assert_close(model(noisy, image, 10), loaded(noisy, image, 10), atol=2e-6, rtol=0)
+        assert not torch.allclose(model(noisy, image, 10), model.regression_estimate(image))  # the U-Net adds to it
+
+
+def test_regression_skip_needs_a_clean_cube_prediction():
+    with pytest.raises(ValueError, match="prediction_type 'sample'"):
+        R2HDiffNet(**TINY, regression_skip=True, prediction_type="epsilon")
+    with pytest.raises(ValueError, match="without regression_skip"):
+        R2HDiffNet(**TINY).regression_estimate(torch.rand(1, 3, 4, 4))
+
+
 # ---------------------------------------------------------------------------------------------- diffusion
 def test_scheduler_uses_five_trailing_timesteps_from_999():
     scheduler = make_r2hdiff_scheduler()

@@ -224,6 +224,32 @@ def test_trainer_saves_a_loadable_pipeline_and_resume_continues_exactly(tmp_path
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
+def test_trainer_starts_the_regression_skip_at_the_baseline_fit(tmp_path, tiny_cave_root):
+    from uldm.baseline import RootPolynomialRegression
+    from uldm.stages.train_r2hdiff import R2HDiffConfig, train
+    from uldm.training import load_config
+
+    config = load_config(R2HDiffConfig, write_config(tmp_path, tiny_cave_root, regression_skip=True, max_train_steps=1,
+                                                     validation_steps=1, learning_rate=1e-5))
+    net = train(config).net
+    assert net.config.regression_skip
+    # the patches are the whole 16 x 16 scenes (flipped), so the fit is the baseline's on the train scenes, in the
+    # network's space 2s - 1; one step at lr 1e-5 barely moves it. Compared on predictions: tiny scenes leave the
+    # least-squares weights themselves non-unique.
+    from uldm.data import read_scene
+
+    camera = config.camera_response()
+    scenes = [tiny_cave_root / name for name in ("balloons_ms", "cd_ms", "watercolors_ms")]
+    baseline = RootPolynomialRegression.fit_scenes(scenes[:2], camera, format="cave")
+    for path in scenes:
+        rgb = camera.render(read_scene(path, format="cave", grid=camera.grid).cube)
+        with torch.no_grad():
+            estimate = net.regression_estimate(torch.from_numpy(rgb).permute(2, 0, 1)[None].float())
+        expected = torch.from_numpy(2 * baseline(rgb) - 1).permute(2, 0, 1)[None]
+        torch.testing.assert_close(estimate, expected, atol=2e-3, rtol=0, msg=path.name)
+
+
 def test_bad_network_shape_is_a_clear_config_error(tmp_path, tiny_cave_root, capsys):
     from uldm.stages.train_r2hdiff import main
 

@@ -46,6 +46,31 @@ def test_save_load_round_trip_is_identical_and_keeps_the_camera(tmp_path):
         assert torch.equal(model(hsi)[0], loaded(hsi)[0])
 
 
+def test_small_context_variant_sees_neighbours_and_keeps_rgb_exact(tmp_path):
+    torch.manual_seed(0)
+    model = SpeUAE(**SMALL, context=3)
+    with torch.no_grad():
+        for parameter in model.parameters():  # leave the zero start, so the MLP branches matter
+            parameter.add_(0.1 * torch.randn_like(parameter))
+    hsi = torch.rand(1, 31, 12, 10)
+    rgb = model.split.render(hsi, dim=1)
+    with torch.no_grad():
+        code = model.encode(hsi, rgb)
+        changed = hsi.clone()
+        changed[:, :, 5, 5] = torch.rand(31)
+        neighbour_code = model.encode(changed, model.split.render(changed, dim=1))
+        assert (neighbour_code - code)[0, :, 5, 6].abs().max() > 0  # a 3 x 3 neighbour's spectrum counts
+        assert torch.equal((neighbour_code - code)[0, :, 5, 8], torch.zeros(3))  # two pixels away it does not
+        assert (model.split.render(model.decode(code, rgb), dim=1) - rgb).abs().max() < 2e-6
+        assert torch.allclose(model(hsi)[0], model.decode(code, rgb))
+        model.save_pretrained(tmp_path / "ctx")
+        assert torch.equal(SpeUAE.from_pretrained(tmp_path / "ctx")(hsi)[0], model(hsi)[0])
+    with torch.enable_grad():  # training path (no chunking) gives the same answer
+        assert torch.allclose(model.encode(hsi, rgb), code, atol=1e-6)
+    with pytest.raises(ValueError, match="odd kernel size"):
+        SpeUAE(**SMALL, context=2)
+
+
 def test_wrong_band_count_is_rejected():
     with pytest.raises(ValueError, match="N x 31 x H x W"):
         SpeUAE(**SMALL).encode(torch.rand(1, 30, 4, 4))

@@ -17,11 +17,19 @@ from .degradation import Degradation
 FEATURE_NAMES = ("r", "g", "b", "sqrt(rg)", "sqrt(gb)", "sqrt(rb)", "1")
 
 
-def root_polynomial_features(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) linear RGB -> (..., 7) degree-2 root-polynomial features (negative values clipped to 0)."""
-    rgb = np.clip(np.asarray(rgb, dtype=np.float64), 0.0, None)
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return np.stack([r, g, b, np.sqrt(r * g), np.sqrt(g * b), np.sqrt(r * b), np.ones_like(r)], axis=-1)
+def root_polynomial_features(rgb: Union[np.ndarray, "torch.Tensor"]) -> Union[np.ndarray, "torch.Tensor"]:
+    """(..., 3) linear RGB -> (..., 7) degree-2 root-polynomial features (negative values clipped to 0).
+
+    NumPy in, float64 NumPy out; a torch tensor in, a tensor of its dtype out (differentiable where RGB > 0),
+    so the R2H-Diff network's regression skip uses the very features of this baseline.
+    """
+    import torch
+
+    if isinstance(rgb, torch.Tensor):
+        rgb = rgb.clamp_min(0.0)
+        r, g, b = rgb.unbind(-1)
+        return torch.stack([r, g, b, (r * g).sqrt(), (g * b).sqrt(), (r * b).sqrt(), torch.ones_like(r)], dim=-1)
+    return root_polynomial_features(torch.from_numpy(np.asarray(rgb, dtype=np.float64))).numpy()
 
 
 class RootPolynomialRegression:

@@ -195,6 +195,22 @@ def build_train_loader(config: TrainConfig, camera: CameraResponse):
     return dataset, sampler, loader
 
 
+def sample_pixels(dataset, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rgb P x 3, hsi P x B) of the first `pixels` pixels of the dataset's patches, for data-driven starts.
+
+    Patches are seeded, so every process draws the same pixels and the models start identical on all ranks.
+    """
+    rgbs, cubes, count = [], [], 0
+    for index in range(len(dataset)):
+        item = dataset[index]
+        rgbs.append(item["rgb"].flatten(1).T)
+        cubes.append(item["hsi"].flatten(1).T)
+        count += len(cubes[-1])
+        if count >= pixels:
+            break
+    return torch.cat(rgbs)[:pixels], torch.cat(cubes)[:pixels]
+
+
 def make_loader(config: TrainConfig, dataset):
     """(sampler, loader) over any dataset with `set_epoch`: seeded order per epoch, fixed-size batches."""
     sampler = EpochSampler(len(dataset), config.seed)

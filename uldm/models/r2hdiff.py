@@ -21,6 +21,11 @@ The paper publishes the ingredients but not the code; this module fixes one inte
   Stability comes from residual branches scaled by learnable scalars initialised to 0 (SkipInit/ReZero): at
   initialisation every block is the identity and the network is a shallow conv net, depth is added as the
   scalars grow. The L2 normalisation of q and k inside attention is part of the attention, not a feature norm.
+- **Regression skip (ours, optional: `regression_skip`).** The clean-cube prediction is the U-Net's output plus
+  a per-pixel root-polynomial regression of the RGB (the classical baseline's features, `uldm.baseline`; 7 x B
+  weights). The trainer fits it by least squares on training pixels and the U-Net's head starts at zero, so
+  training starts from the regression and the network learns only what it misses: with the few steps a CPU
+  affords, it no longer spends them rediscovering a per-pixel colour-to-spectrum map.
 - **Timestep.** Sinusoidal embedding + MLP (diffusers' `Timesteps` / `TimestepEmbedding`); each block adds a
   per-channel bias from it to its branch inputs (not to the residual stream, which stays an exact identity at
   initialisation) and HATA takes its temperature from it.
@@ -48,6 +53,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from ..baseline import FEATURE_NAMES, root_polynomial_features
 
 
 # --------------------------------------------------------------------------------------------- building blocks
@@ -220,6 +227,7 @@ class R2HDiffNet(ModelMixin, ConfigMixin):
         adaptive_temperature: bool = True,
         spectral_gate: bool = True,
         prediction_type: str = "sample",
+        regression_skip: bool = False,
     ) -> None:
         super().__init__()
         widths, rgb_widths = tuple(block_channels), tuple(rgb_feature_channels)
@@ -229,6 +237,8 @@ class R2HDiffNet(ModelMixin, ConfigMixin):
                              "one entry per level")
         if prediction_type not in ("sample", "epsilon", "v_prediction"):
             raise ValueError(f"prediction_type must be 'sample', 'epsilon' or 'v_prediction', got {prediction_type!r}")
+        if regression_skip and prediction_type != "sample":
+            raise ValueError("regression_skip adds an estimate of the clean cube: it needs prediction_type 'sample'")
         self.num_levels = len(widths)
 
         self.time_proj = Timesteps(time_embed_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
@@ -256,6 +266,12 @@ class R2HDiffNet(ModelMixin, ConfigMixin):
         self.decoder_guides = nn.ModuleList(GSRM(widths[i], rgb_widths[i]) for i in range(self.num_levels - 1))
         self.decoder_blocks = nn.ModuleList(blocks(i) for i in range(self.num_levels - 1))
         self.head = nn.Conv2d(widths[0], spectral_channels, 3, padding=1)
+        # optional: the clean-cube prediction is a per-pixel root-polynomial regression of the RGB plus the U-Net's
+        # correction; the head starts at zero, so training starts from the fitted regression (`init_regression`)
+        self.regression = nn.Linear(len(FEATURE_NAMES), spectral_channels, bias=False) if regression_skip else None
+        if regression_skip:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
 
     @property
     def multiple(self) -> int:
@@ -272,6 +288,7 @@ class R2HDiffNet(ModelMixin, ConfigMixin):
             raise ValueError(f"R2HDiffNet: rgb must be N x {colours} x H x W like noisy, got {tuple(rgb.shape)}")
         n, _, h, w = noisy.shape
         pad_h, pad_w = -h % self.multiple, -w % self.multiple
+        skip = 0 if self.regression is None else self.regression_estimate(rgb)
         rgb = rgb * 2 - 1
         if pad_h or pad_w:
             noisy = F.pad(noisy, (0, pad_w, 0, pad_h), mode="replicate")
@@ -295,7 +312,21 @@ class R2HDiffNet(ModelMixin, ConfigMixin):
             x = self.decoder_guides[level](x, guides[level])
             for block in self.decoder_blocks[level]:
                 x = block(x, temb)
-        return self.head(x)[:, :, :h, :w]
+        return self.head(x)[:, :, :h, :w] + skip
+
+    def regression_estimate(self, rgb: torch.Tensor) -> torch.Tensor:
+        """The regression skip's clean-cube estimate from RGB (N x 3 x H x W in [0, 1]) alone."""
+        if self.regression is None:
+            raise ValueError("R2HDiffNet: this network was built without regression_skip")
+        return self.regression(root_polynomial_features(rgb.movedim(1, -1))).movedim(-1, 1)
+
+    @torch.no_grad()
+    def init_regression(self, rgb: torch.Tensor, target: torch.Tensor) -> None:
+        """Least-squares fit of the regression skip: rgb (P x 3) -> target (P x C), the clean cube in the space
+        the network predicts (the trainer passes training pixels in its model space)."""
+        features = root_polynomial_features(rgb.double().reshape(-1, 3))
+        solution = torch.linalg.lstsq(features, target.double().reshape(len(features), -1)).solution  # 7 x C
+        self.regression.weight.copy_(solution.T)
 
 
 # -------------------------------------------------------------------------------------------- complexity

@@ -39,33 +39,47 @@ INFERENCE_CHUNK = 32768
 
 
 class PointwiseMLP(nn.Module):
-    """An MLP applied to every pixel of N x C x H x W tensors (channels-last Linear layers: faster than 1 x 1 convs)."""
+    """An MLP applied to every pixel of N x C x H x W tensors (channels-last Linear layers: faster than 1 x 1 convs).
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int, layers: int, activation: str) -> None:
+    With `context` k > 1 the first layer is a k x k convolution (edge pixels replicated), so each pixel's MLP
+    also sees its neighbours: the small-context variant. The other layers stay per pixel, so the cost barely grows.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, layers: int, activation: str,
+                 context: int = 1) -> None:
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
-        blocks: list[nn.Module] = []
-        width = in_channels
-        for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), ACTIVATIONS[activation]()]
-            width = hidden
-        last = nn.Linear(width, out_channels)
+        if context < 1 or context % 2 == 0:
+            raise ValueError(f"context must be an odd kernel size >= 1, got {context}")
+        first = (nn.Linear(in_channels, hidden) if context == 1 else
+                 nn.Conv2d(in_channels, hidden, context, padding=context // 2, padding_mode="replicate"))
+        blocks: list[nn.Module] = [first, ACTIVATIONS[activation]()]
+        for _ in range(layers - 1):
+            blocks += [nn.Linear(hidden, hidden), ACTIVATIONS[activation]()]
+        last = nn.Linear(hidden, out_channels)
         nn.init.zeros_(last.weight)  # a residual branch: starts as the identity of what it is added to
         nn.init.zeros_(last.bias)
         self.net = nn.Sequential(*blocks, last)
+        self.context = context
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layers = list(self.net)
+        if self.context > 1:  # the neighbourhood layer runs on the image, the rest pixel by pixel
+            x, layers = self.net[0](x), layers[1:]
         pixels = x.permute(0, 2, 3, 1)
         if torch.is_grad_enabled():
-            return self.net(pixels).permute(0, 3, 1, 2)
+            for layer in layers:
+                pixels = layer(pixels)
+            return pixels.permute(0, 3, 1, 2)
         flat = pixels.reshape(-1, pixels.shape[-1])
-        out = torch.cat([self._infer(chunk) for chunk in flat.split(INFERENCE_CHUNK)])
+        out = torch.cat([self._infer(layers, chunk) for chunk in flat.split(INFERENCE_CHUNK)])
         return out.reshape(*pixels.shape[:-1], -1).permute(0, 3, 1, 2)
 
-    def _infer(self, x: torch.Tensor) -> torch.Tensor:
-        """The same layers without autograd: activations in place, so a chunk's buffers are reused."""
-        for layer in self.net:
+    @staticmethod
+    def _infer(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
+        """The per-pixel layers without autograd: activations in place, so a chunk's buffers are reused."""
+        for layer in layers:
             x = layer(x) if isinstance(layer, nn.Linear) else IN_PLACE[type(layer)](x)
         return x
 
@@ -87,6 +101,7 @@ class SpeUAE(ModelMixin, ConfigMixin):
         num_layers: int = 3,
         activation: str = "silu",
         unobservable_scale: float = 4.0,
+        context: int = 1,
     ) -> None:
         super().__init__()
         if camera_response is None or wavelengths is None:
@@ -100,8 +115,8 @@ class SpeUAE(ModelMixin, ConfigMixin):
         # Only the decoder runs at inference (the diffusion model generates the code), so it is the smaller one.
         self.linear_encoder = nn.Linear(hidden, code_channels)
         self.linear_decoder = nn.Linear(code_channels, hidden)
-        self.encoder = PointwiseMLP(hidden + 3, code_channels, encoder_channels, num_layers, activation)
-        self.decoder = PointwiseMLP(code_channels + 3, hidden, decoder_channels, num_layers, activation)
+        self.encoder = PointwiseMLP(hidden + 3, code_channels, encoder_channels, num_layers, activation, context)
+        self.decoder = PointwiseMLP(code_channels + 3, hidden, decoder_channels, num_layers, activation, context)
 
     @torch.no_grad()
     def init_linear_code(self, u: torch.Tensor, spread: float = 2.0) -> None:
