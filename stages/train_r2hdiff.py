@@ -75,6 +75,7 @@ class R2HDiffConfig(TrainConfig):
     zero_terminal_snr: bool = True
     # loss: L1 on the predicted clean cube + gradient_weight x gradient consistency (the paper's best: 1.0)
     gradient_weight: float = 1.0
+    mse_weight: float = 0.0  # ours: + this x squared error (what PSNR scores); the paper has none
     learning_rate: float = 5e-4
     # validation and the saved pipeline's defaults
     validation_inference_steps: int = R2HDIFF_INFERENCE_STEPS
@@ -89,8 +90,9 @@ class R2HDiffConfig(TrainConfig):
 
     def validate(self) -> None:
         super().validate()
-        if self.gradient_weight < 0:
-            raise ConfigError(f"gradient_weight must be >= 0, got {self.gradient_weight}")
+        for name in ("gradient_weight", "mse_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("validation_inference_steps", "default_denoising_steps", "default_ensemble_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -168,7 +170,7 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
         timesteps = torch.randint(0, config.num_train_timesteps, (len(clean),), device=clean.device)
         noisy = noise_scheduler.add_noise(clean, noise, timesteps)
         prediction = from_model_space(net(noisy, rgb, timesteps).float())
-        loss = r2hdiff_loss(prediction, hsi, config.gradient_weight)
+        loss = r2hdiff_loss(prediction, hsi, config.gradient_weight, config.mse_weight)
         return loss, {"train/l1": (prediction.detach() - hsi).abs().mean().item()}
 
     def validate_fn(current: int) -> dict[str, float]:

@@ -237,6 +237,8 @@ def test_gradient_loss_matches_a_hand_computed_value():
     # L1 = mean(0, 1, 2, 4) = 1.75; weight 0.5 on the gradient term
     assert r2hdiff_loss(pred, target, gradient_weight=0.5).item() == pytest.approx(1.75 + 2.0)
     assert r2hdiff_loss(pred, target, gradient_weight=0).item() == pytest.approx(1.75)
+    # MSE = mean(0, 1, 4, 16) = 5.25; weight 2 on the squared-error term
+    assert r2hdiff_loss(pred, target, gradient_weight=0, mse_weight=2).item() == pytest.approx(1.75 + 10.5)
 
 
 def test_gradients_are_finite_on_flat_inputs():
