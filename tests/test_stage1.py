@@ -205,6 +205,9 @@ def test_data_with_the_wrong_band_count_fails_before_training(tmp_path):
         train(config)
 
 
-def test_the_shipped_cave_config_is_valid():
-    config = load_config(SpeUAEConfig, REPO / "stages" / "configs" / "speuae_cave.yaml")
+@pytest.mark.parametrize("name", ["speuae_cave.yaml", "speuae_cave_context.yaml", "speuae_cave_fast.yaml"])
+def test_the_shipped_cave_configs_are_valid(name):
+    config = load_config(SpeUAEConfig, REPO / "stages" / "configs" / name)
     assert config.camera_response().name == "Nikon 5100 (NPL)"
+    SpeUAE(encoder_channels=config.encoder_channels, decoder_channels=config.decoder_channels,
+           num_layers=config.num_layers, activation=config.activation, context=config.context)
