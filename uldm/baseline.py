@@ -32,6 +32,14 @@ def root_polynomial_features(rgb: Union[np.ndarray, "torch.Tensor"]) -> Union[np
     return root_polynomial_features(torch.from_numpy(np.asarray(rgb, dtype=np.float64))).numpy()
 
 
+def fit_root_polynomial(rgb: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Least-squares weights (7 x C) from the features of `rgb` (P x 3) to `targets` (P x C): the baseline's fit,
+    also the start of R2H-Diff's regression skip (whose targets live in the network's space)."""
+    features = root_polynomial_features(np.asarray(rgb).reshape(-1, 3))
+    weights, *_ = np.linalg.lstsq(features, np.asarray(targets, dtype=np.float64).reshape(len(features), -1), rcond=None)
+    return weights
+
+
 class RootPolynomialRegression:
     """Linear map from root-polynomial features to B bands. Call it on an H x W x 3 image."""
 
@@ -45,9 +53,7 @@ class RootPolynomialRegression:
     @classmethod
     def fit(cls, rgb: np.ndarray, spectra: np.ndarray, camera: CameraResponse) -> "RootPolynomialRegression":
         """Least squares on pixels: rgb (N, 3), spectra (N, B)."""
-        features = root_polynomial_features(rgb.reshape(-1, 3))
-        weights, *_ = np.linalg.lstsq(features, spectra.reshape(-1, camera.num_bands).astype(np.float64), rcond=None)
-        return cls(weights, camera)
+        return cls(fit_root_polynomial(rgb, spectra.reshape(-1, camera.num_bands)), camera)
 
     @classmethod
     def fit_scenes(

@@ -54,7 +54,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..baseline import FEATURE_NAMES, root_polynomial_features
+from ..baseline import FEATURE_NAMES, fit_root_polynomial, root_polynomial_features
 
 
 # --------------------------------------------------------------------------------------------- building blocks
@@ -324,9 +324,8 @@ class R2HDiffNet(ModelMixin, ConfigMixin):
     def init_regression(self, rgb: torch.Tensor, target: torch.Tensor) -> None:
         """Least-squares fit of the regression skip: rgb (P x 3) -> target (P x C), the clean cube in the space
         the network predicts (the trainer passes training pixels in its model space)."""
-        features = root_polynomial_features(rgb.double().reshape(-1, 3))
-        solution = torch.linalg.lstsq(features, target.double().reshape(len(features), -1)).solution  # 7 x C
-        self.regression.weight.copy_(solution.T)
+        weights = fit_root_polynomial(rgb.cpu().numpy(), target.cpu().numpy())  # 7 x C, in float64
+        self.regression.weight.copy_(torch.from_numpy(weights.T))
 
 
 # -------------------------------------------------------------------------------------------- complexity
