@@ -83,6 +83,7 @@ def main() -> None:
     parser.add_argument("--speuae", type=Path, required=True, help="folder written by save_pretrained")
     parser.add_argument("--data", type=Path, default=default_cave_root())
     parser.add_argument("--vae", type=Path, help="also pass the code through this SD VAE (folder with config.json)")
+    parser.add_argument("--per-scene", action="store_true", help="also print every model's per-scene table")
     args = parser.parse_args()
 
     model = SpeUAE.from_pretrained(args.speuae).eval()
@@ -103,6 +104,8 @@ def main() -> None:
     for name, round_trip in models.items():
         rows = {scene: evaluate_cube(round_trip(cube), cube) for scene, cube in val.items()}
         summary[name] = mean_metrics(list(rows.values()))
+        if args.per_scene:
+            print(f"{name}:\n{format_table(rows, first_column='scene')}\n")
     print(f"Round trip on the CAVE val split ({len(val)} scenes), camera {camera.name}:")
     print(format_table(summary, first_column="model", mean_row=False))
     for size in (256, 512):

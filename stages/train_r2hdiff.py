@@ -37,6 +37,8 @@ from uldm.models.r2hdiff import (
 )
 from uldm.pipelines.pipeline_r2hdiff import R2HDiffPipeline, from_model_space, to_model_space
 from uldm.training import (
+    averaged_weights,
+    build_ema,
     stage_main,
     ConfigError,
     TrainConfig,
@@ -68,6 +70,7 @@ class R2HDiffConfig(TrainConfig):
     # the U-Net corrects a root-polynomial regression of the RGB, fitted on this many training pixels at the start
     regression_skip: bool = False
     regression_init_pixels: int = 200_000
+    freeze_regression: bool = False  # keep the skip at its least-squares fit; only the U-Net's correction trains
     # diffusion: the task-adapted linear schedule, rescaled to zero terminal SNR (see make_r2hdiff_scheduler)
     num_train_timesteps: int = 1000
     beta_start: float = R2HDIFF_BETA_START
@@ -96,6 +99,8 @@ class R2HDiffConfig(TrainConfig):
         for name in ("validation_inference_steps", "default_denoising_steps", "default_ensemble_size"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.freeze_regression and not self.regression_skip:
+            raise ConfigError("freeze_regression needs regression_skip: true (there is no regression to freeze)")
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("push_to_hub needs hub_model_id (org/name)")
         with torch.device("meta"):  # mismatched level lists fail here, before any data is read (no RNG drawn)
@@ -152,10 +157,12 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
     if config.regression_skip:  # start from the least-squares regression (a resumed run then loads its own)
         rgb, hsi = sample_pixels(dataset, config.regression_init_pixels)
         net.init_regression(rgb, to_model_space(hsi))
+        net.regression.requires_grad_(not config.freeze_regression)
     noise_scheduler = build_noise_scheduler(config)
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     lr_scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
     net, optimizer, loader, lr_scheduler = accelerator.prepare(net, optimizer, loader, lr_scheduler)
+    ema = build_ema(accelerator, config, net)  # None unless use_ema
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
 
@@ -177,24 +184,29 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
         unwrapped = full_model(accelerator, net)  # every process: a collective under FSDP
         if not accelerator.is_main_process:
             return {}
-        unwrapped.eval()
-        metrics = validate_pipeline(build_pipeline(unwrapped, noise_scheduler, camera, config), val_scenes,
-                                    data_format=config.data_format,
-                                    num_inference_steps=config.validation_inference_steps,
-                                    trackers=accelerator.trackers, step=current)
-        unwrapped.train()
+        with averaged_weights(ema, unwrapped):
+            unwrapped.eval()
+            metrics = validate_pipeline(build_pipeline(unwrapped, noise_scheduler, camera, config), val_scenes,
+                                        data_format=config.data_format,
+                                        num_inference_steps=config.validation_inference_steps,
+                                        trackers=accelerator.trackers, step=current)
+            unwrapped.train()
         return metrics
 
     started = time.perf_counter()
     step = train_loop(
         accelerator, config, models=[net], optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader,
-        dataset=dataset, sampler=sampler, start_step=step, loss_fn=loss_fn, validate_fn=validate_fn, desc="r2hdiff",
+        dataset=dataset, sampler=sampler, start_step=step, loss_fn=loss_fn, validate_fn=validate_fn, ema=ema,
+        desc="r2hdiff",
     )
     seconds = time.perf_counter() - started
 
     # 5. the complete pipeline, saved atomically, with a model card; optional push
     accelerator.wait_for_everyone()
-    pipeline = build_pipeline(full_model(accelerator, net).eval(), noise_scheduler, camera, config)
+    net = full_model(accelerator, net)
+    if ema is not None:
+        ema.copy_to(net)
+    pipeline = build_pipeline(net.eval(), noise_scheduler, camera, config)
     if accelerator.is_main_process:
         folder = save_pretrained_atomic(pipeline, output_dir / "pipeline")
         write_card(folder, config, step, pipeline)

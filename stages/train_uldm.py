@@ -24,6 +24,8 @@ from torch import nn
 from uldm.models import SpeUAE
 from uldm.models.sd_adapter import StableDiffusionLoadError, load_stable_diffusion
 from uldm.training import (
+    averaged_weights,
+    build_ema,
     stage_main,
     ConfigError,
     TrainConfig,
@@ -52,8 +54,6 @@ class ULDMConfig(TrainConfig):
     vae_learning_rate: float = 1e-5
     precompute_latents: bool = False  # encode code/RGB latents once to <output_dir>/latent_cache, reuse every epoch
     latent_cache_epochs: int = 2  # distinct epochs of patches cached; training cycles through them
-    use_ema: bool = False
-    ema_decay: float = 0.999
     gradient_checkpointing: bool = False
     # validation and the saved pipeline's defaults
     validation_inference_steps: int = 4
@@ -157,14 +157,10 @@ def load_components(config: ULDMConfig):
 
 def train(config: ULDMConfig, resume_from: Optional[str] = None):
     """Run stage 2 in this process (one of several under `accelerate launch`); returns the pipeline."""
-    from accelerate.utils import DistributedType, set_seed
-    from diffusers.training_utils import EMAModel
+    from accelerate.utils import set_seed
 
     output_dir = Path(config.output_dir)
     accelerator = build_accelerator(config)
-    if config.use_ema and accelerator.distributed_type == DistributedType.FSDP:
-        raise ConfigError("use_ema is not supported under FSDP (each process holds a shard of the UNet); "
-                          "use DDP or DeepSpeed ZeRO-2, or set use_ema: false")
     set_seed(config.seed)
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
 
@@ -185,7 +181,6 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     else:
         vae.to(accelerator.device, dtype=weight_dtype)
     speuae.to(accelerator.device)
-    ema = EMAModel(unet.parameters(), decay=config.ema_decay, model_cls=type(unet), model_config=unet.config) if config.use_ema else None
 
     # 2. data: seeded random patches of spectra, RGB rendered with SpeUAE's camera (or their cached latents)
     dataset, sampler, loader = build_train_loader(config, speuae.camera)
@@ -214,15 +209,11 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     prepared = accelerator.prepare(*trainable, optimizer, loader, lr_scheduler)
     models, (optimizer, loader, lr_scheduler) = list(prepared[:len(trainable)]), prepared[len(trainable):]
     unet = models[0]
-    if ema is not None:
-        ema.to(accelerator.device)
-        accelerator.register_for_checkpointing(ema)
+    ema = build_ema(accelerator, config, unet)  # None unless use_ema
     text = empty_prompt.embedding.to(accelerator.device, dtype=torch.float32)
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
     step = resume(accelerator, output_dir, resume_from)
-    if ema is not None:
-        ema.to(accelerator.device)  # load_state restores the EMA weights on the CPU
     frozen_vae = accelerator.unwrap_model(models[1]).vae if decoder_loss is not None else vae
 
     # 4. train: code latents noised by the pretrained scheduler, UNet predicts its target next to the RGB latent
@@ -242,24 +233,20 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
         unwrapped = full_model(accelerator, unet)  # every process: a collective under FSDP
         if not accelerator.is_main_process:
             return {}
-        if ema is not None:
-            ema.store(unwrapped.parameters())
-            ema.copy_to(unwrapped.parameters())
-        unwrapped.eval()
-        pipeline = build_pipeline(unwrapped, frozen_vae, noise_scheduler, speuae, empty_prompt, **pipeline_defaults(config))
-        metrics = validate_pipeline(pipeline, val_scenes, data_format=config.data_format,
-                                    num_inference_steps=config.validation_inference_steps,
-                                    trackers=accelerator.trackers, step=current)
-        unwrapped.train()
-        if ema is not None:
-            ema.restore(unwrapped.parameters())
+        with averaged_weights(ema, unwrapped):
+            unwrapped.eval()
+            pipeline = build_pipeline(unwrapped, frozen_vae, noise_scheduler, speuae, empty_prompt, **pipeline_defaults(config))
+            metrics = validate_pipeline(pipeline, val_scenes, data_format=config.data_format,
+                                        num_inference_steps=config.validation_inference_steps,
+                                        trackers=accelerator.trackers, step=current)
+            unwrapped.train()
         return metrics
 
     started, first_step = time.perf_counter(), step
     step = train_loop(
         accelerator, config, models=models, optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader,
         dataset=dataset, sampler=sampler, start_step=step, loss_fn=loss_fn, validate_fn=validate_fn,
-        after_step=(lambda: ema.step(unet.parameters())) if ema is not None else None, desc="stage 2",
+        ema=ema, desc="stage 2",
     )
     seconds = time.perf_counter() - started
 
@@ -267,7 +254,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     accelerator.wait_for_everyone()
     unet = full_model(accelerator, unet)
     if ema is not None:
-        ema.copy_to(unet.parameters())
+        ema.copy_to(unet)
     pipeline = build_pipeline(unet.eval(), frozen_vae.to(torch.float32), noise_scheduler, speuae, empty_prompt,
                               **pipeline_defaults(config))
     if accelerator.is_main_process:

@@ -250,6 +250,33 @@ def test_trainer_starts_the_regression_skip_at_the_baseline_fit(tmp_path, tiny_c
         torch.testing.assert_close(estimate, expected, atol=2e-3, rtol=0, msg=path.name)
 
 
+@pytest.mark.slow
+def test_frozen_regression_stays_at_its_least_squares_fit(tmp_path, tiny_cave_root):
+    from uldm.stages.train_r2hdiff import R2HDiffConfig, train
+    from uldm.training import ConfigError, load_config
+
+    weights = {}
+    for frozen in (True, False):
+        (tmp_path / str(frozen)).mkdir()
+        config = load_config(R2HDiffConfig, write_config(tmp_path / str(frozen), tiny_cave_root, regression_skip=True,
+                                                         freeze_regression=frozen, max_train_steps=3,
+                                                         validation_steps=3, learning_rate=1e-2))
+        weights[frozen] = train(config).net.regression.weight.detach()
+    from uldm.pipelines.pipeline_r2hdiff import to_model_space
+    from uldm.stages.train_r2hdiff import build_network
+    from uldm.training import build_train_loader, sample_pixels
+
+    start = config  # the same data, so the same pixels and the same least-squares fit
+
+    net = build_network(start, start.camera_response())
+    rgb, hsi = sample_pixels(build_train_loader(start, start.camera_response())[0], start.regression_init_pixels)
+    net.init_regression(rgb, to_model_space(hsi))
+    assert torch.equal(weights[True], net.regression.weight)  # three steps at lr 1e-2 left it untouched
+    assert (weights[False] - net.regression.weight).abs().max() > 1e-3  # ... which do move a trained one
+    with pytest.raises(ConfigError, match="needs regression_skip"):
+        load_config(R2HDiffConfig, write_config(tmp_path, tiny_cave_root, freeze_regression=True))
+
+
 def test_bad_network_shape_is_a_clear_config_error(tmp_path, tiny_cave_root, capsys):
     from uldm.stages.train_r2hdiff import main
 

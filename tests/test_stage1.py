@@ -71,6 +71,36 @@ def test_small_context_variant_sees_neighbours_and_keeps_rgb_exact(tmp_path):
         SpeUAE(**SMALL, context=2)
 
 
+def test_intensity_normalised_variant_is_scale_equivariant(tmp_path):
+    torch.manual_seed(0)
+    models = {flag: SpeUAE(**SMALL, normalize_intensity=flag) for flag in (False, True)}
+    with torch.no_grad():
+        for model in models.values():  # leave the zero start, so the MLP branches matter
+            for parameter in model.parameters():
+                parameter.add_(0.1 * torch.randn_like(parameter))
+        hsi = torch.rand(1, 31, 6, 5) * 0.5 + 0.05  # every pixel well above the intensity floor
+        rgb = models[True].split.render(hsi, dim=1)
+        for flag, model in models.items():
+            code, brighter_code = model.encode(hsi, rgb), model.encode(3 * hsi, 3 * rgb)
+            recon, brighter = model.decode(code, rgb), model.decode(code, 3 * rgb)
+            invariant = torch.allclose(brighter_code, code, atol=1e-5) and torch.allclose(brighter, 3 * recon, atol=1e-5)
+            assert invariant == flag  # shading changes nothing but the scale, and only with the option on
+            assert (model.split.render(brighter, dim=1) - 3 * rgb).abs().max() < 5e-6
+        model = models[True]
+        model.save_pretrained(tmp_path / "norm")
+        loaded = SpeUAE.from_pretrained(tmp_path / "norm")
+        assert loaded.config.normalize_intensity and torch.equal(loaded(hsi)[0], model(hsi)[0])
+        dark = hsi * 1e-4  # below the floor the scale is fixed, so nothing is divided by ~0
+        assert torch.isfinite(model(dark)[0]).all()
+        with pytest.raises(ValueError, match="needs the pixels' RGB"):
+            model.init_linear_code(torch.rand(100, 28))
+        pixels = hsi.flatten(2)[0].T.double()
+        model.init_linear_code(model.split.unobservable(pixels), model.split.render(pixels))
+        codes = model.linear_encoder(model.split.unobservable(pixels).float() / rgb.flatten(2)[0].T.mean(1, keepdim=True)
+                                     * model.config.unobservable_scale)
+        assert codes.mean(0).abs().max() < 1e-4  # the PCA was fitted to the normalised parts (centred codes)
+
+
 def test_wrong_band_count_is_rejected():
     with pytest.raises(ValueError, match="N x 31 x H x W"):
         SpeUAE(**SMALL).encode(torch.rand(1, 30, 4, 4))
@@ -88,6 +118,51 @@ def write_config(tmp_path: Path, data_root: Path, **overrides) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def test_model_ema_averages_swaps_in_and_restores():
+    from uldm.training import ModelEMA
+
+    model = torch.nn.Linear(3, 2)
+    ema = ModelEMA(model, decay=0.5, device=torch.device("cpu"))
+    for value, steps in ((0.0, 3), (1.0, 5)):  # weights at 0 for 3 steps, then at 1 for 5
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(value)
+        for _ in range(steps):
+            ema.step()
+    with ema.swapped_into(model):
+        averaged = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(v, torch.ones_like(v)) for v in model.state_dict().values())  # own weights back
+    for value in averaged.values():  # the average lags behind the jump to 1: strictly between the two
+        assert ((value > 0.5) & (value < 1)).all()
+    copy = ModelEMA(torch.nn.Linear(3, 2), decay=0.5, device=torch.device("cpu"))
+    copy.load_state_dict(ema.state_dict())  # what a checkpoint carries
+    other = torch.nn.Linear(3, 2)
+    copy.copy_to(other)
+    assert all(torch.equal(other.state_dict()[k], averaged[k]) for k in averaged)
+
+
+def test_mixed_patches_are_convex_mixtures_with_consistent_rgb():
+    from uldm.stages.train_speuae import mix_patches
+
+    torch.manual_seed(0)
+    split = SpeUAE(**SMALL).split
+    hsi = torch.rand(64, 31, 4, 4)
+    rgb = split.render(hsi, dim=1)
+    assert all(torch.equal(a, b) for a, b in zip(mix_patches(hsi, rgb, 0.0), (hsi, rgb)))
+    mixed, mixed_rgb = mix_patches(hsi, rgb, 0.5)
+    changed = (mixed != hsi).flatten(1).any(1)
+    assert 16 < changed.sum() < 48  # about half the patches
+    assert torch.allclose(split.render(mixed, dim=1), mixed_rgb, atol=1e-6)  # the RGB is the mixture's rendering
+    for i in torch.nonzero(changed).flatten().tolist():  # each changed patch lies between itself and one other
+        weights = [((mixed[i] - hsi[i]) / (hsi[j] - hsi[i])).flatten() for j in range(64) if j != i]
+        assert any(float(w.std()) < 1e-4 and 0 < float(w.mean()) < 1 for w in weights)
+
+
+def test_bad_ema_decay_is_refused(tmp_path, tiny_cave_root):
+    with pytest.raises(ConfigError, match="ema_decay"):
+        load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, use_ema=True, ema_decay=1.5))
 
 
 def final_weights(output_dir: Path) -> dict:
@@ -111,8 +186,10 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, tiny_cave
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_cave_root):
-    config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root))
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "ema-and-mixing"])
+def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_cave_root, extras):
+    options = {"use_ema": True, "ema_decay": 0.9, "mix_probability": 0.5} if extras else {}
+    config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, **options))
     train(config)
     output_dir = Path(config.output_dir)
     uninterrupted = final_weights(output_dir)

@@ -17,6 +17,7 @@ import dataclasses
 import logging
 import re
 import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence, Type, TypeVar
@@ -62,6 +63,8 @@ class TrainConfig:
     lr_warmup_steps: int = 0
     gradient_accumulation_steps: int = 1
     max_grad_norm: float = 1.0
+    use_ema: bool = False  # validate and save an exponential moving average of the weights (see ModelEMA)
+    ema_decay: float = 0.999
     mixed_precision: str = "no"  # no / fp16 / bf16
     seed: int = 0
     # bookkeeping
@@ -81,6 +84,8 @@ class TrainConfig:
                      "validation_steps", "patches_per_scene"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.ema_decay < 1:
+            raise ConfigError(f"ema_decay must be between 0 and 1, got {self.ema_decay}")
         self.camera_response()
         Degradation.from_config(self.degradation)
 
@@ -383,6 +388,73 @@ def full_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     return copy.to(accelerator.device)
 
 
+class ModelEMA:
+    """An exponential moving average of a trained model's weights (`use_ema`), for validation and the final save.
+
+    Averaging damps the step-to-step noise of small-batch training. Registered with accelerate, it is saved in
+    every checkpoint (as diffusers' EMAModel state) and restored on resume, on the training device.
+    """
+
+    def __init__(self, trained: torch.nn.Module, decay: float, device: torch.device) -> None:
+        from diffusers.training_utils import EMAModel
+
+        self.trained, self.device = trained, device
+        self.average = EMAModel(trained.parameters(), decay=decay)
+        self.average.to(device)
+
+    def step(self) -> None:
+        """Fold the trained model's current weights into the average (after each optimizer step)."""
+        self.average.step(self.trained.parameters())
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Put the averaged weights into `model` (the trained one, or the full copy `full_model` returns)."""
+        self.average.copy_to(model.parameters())
+
+    @contextmanager
+    def swapped_into(self, model: torch.nn.Module) -> Iterator[None]:
+        """Run the block with the averaged weights in `model`, then put its own weights back."""
+        self.average.store(model.parameters())
+        self.average.copy_to(model.parameters())
+        try:
+            yield
+        finally:
+            self.average.restore(model.parameters())
+
+    def state_dict(self) -> dict:
+        return self.average.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.average.load_state_dict(state)
+        self.average.to(self.device)  # accelerate hands the state over on the CPU
+
+
+def build_ema(accelerator, config: TrainConfig, trained: torch.nn.Module) -> Optional[ModelEMA]:
+    """The ModelEMA of `trained` (the prepared model) when `config.use_ema`, registered for checkpoints; else None.
+
+    Call it after `accelerator.prepare` and before `resume`, so a resumed run continues its average.
+    """
+    from accelerate.utils import DistributedType
+
+    if not config.use_ema:
+        return None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("use_ema is not supported under FSDP (each process holds a shard of the model); "
+                          "use DDP or DeepSpeed ZeRO-2, or set use_ema: false")
+    ema = ModelEMA(trained, config.ema_decay, accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    return ema
+
+
+@contextmanager
+def averaged_weights(ema: Optional[ModelEMA], model: torch.nn.Module) -> Iterator[None]:
+    """`ema.swapped_into(model)`, or nothing when the run keeps no average."""
+    if ema is None:
+        yield
+    else:
+        with ema.swapped_into(model):
+            yield
+
+
 def load_frozen_vae(path: str, device: torch.device):
     """An SD-format AutoencoderKL (a VAE folder, or a pipeline folder holding vae/), frozen, in eval mode."""
     from diffusers import AutoencoderKL
@@ -454,13 +526,13 @@ def train_loop(
     start_step: int,
     loss_fn: Callable[[Any], tuple[torch.Tensor, dict[str, float]]],
     validate_fn: Optional[Callable[[int], dict[str, float]]] = None,
-    after_step: Optional[Callable[[], None]] = None,
+    ema: Optional[ModelEMA] = None,
     desc: str = "train",
 ) -> int:
     """The optimisation loop every stage shares; returns the last step.
 
     `loss_fn(batch) -> (loss, logs)` is the stage's only business. Around it: gradient accumulation and
-    clipping, `after_step` (e.g. an EMA update) after each optimizer step, atomic checkpoints every
+    clipping, the `ema` update after each optimizer step, atomic checkpoints every
     `checkpointing_steps`, `validate_fn(step)` every `validation_steps`, tracker logging and a progress bar.
     `validate_fn` runs on every process (so it can call the collective `full_model`) and returns the main
     process's metrics ({} elsewhere).
@@ -483,8 +555,8 @@ def train_loop(
         if not accelerator.sync_gradients:
             continue
         step += 1
-        if after_step is not None:
-            after_step()
+        if ema is not None:
+            ema.step()
         progress.update(1)
         logs = {"train/loss": loss.detach().item(), **logs, "lr": lr_scheduler.get_last_lr()[0]}
         progress.set_postfix(loss=f"{logs['train/loss']:.4f}")

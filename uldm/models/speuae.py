@@ -12,6 +12,12 @@ Each side is a linear map plus an MLP residual conditioned on RGB:
 end in zero-initialised layers, so training starts from the linear code and learns the RGB-conditioned
 corrections; on CAVE this converges several times faster than a plain MLP from random weights.
 
+With `normalize_intensity` both sides work on intensity-normalised spectra: u and c are divided by the pixel's
+mean RGB b (floored at INTENSITY_FLOOR) before the MLPs and û is multiplied by b after. Scaling a spectrum by
+any factor then scales its reconstruction by the same factor and leaves its code unchanged (the code describes
+the material's spectral shape, not its shading), which is exact for the linear split and what root-polynomial
+regression builds in for the same reason.
+
 The camera is part of the model: its response and wavelengths are stored in config.json, and
 `save_pretrained` / `from_pretrained` (diffusers' ModelMixin) round-trip it with the weights as safetensors.
 """
@@ -36,6 +42,9 @@ IN_PLACE = {nn.SiLU: lambda x: F.silu(x, inplace=True), nn.ReLU: lambda x: F.rel
 # Pixels per inference chunk: each layer's activations then stay in the CPU cache. Measured on the 2-core CPU,
 # SpeUAE encoder on 512 x 512: 0.68 s in one piece, 0.50 s in chunks of 32768 with in-place activations.
 INFERENCE_CHUNK = 32768
+# Mean RGB below which a pixel is not normalised further (normalize_intensity): about 1/4 of the 8-bit sRGB step
+# at black in linear units, so noise in near-black pixels is not blown up.
+INTENSITY_FLOOR = 1e-3
 
 
 class PointwiseMLP(nn.Module):
@@ -102,6 +111,7 @@ class SpeUAE(ModelMixin, ConfigMixin):
         activation: str = "silu",
         unobservable_scale: float = 4.0,
         context: int = 1,
+        normalize_intensity: bool = False,
     ) -> None:
         super().__init__()
         if camera_response is None or wavelengths is None:
@@ -119,13 +129,18 @@ class SpeUAE(ModelMixin, ConfigMixin):
         self.decoder = PointwiseMLP(code_channels + 3, hidden, decoder_channels, num_layers, activation, context)
 
     @torch.no_grad()
-    def init_linear_code(self, u: torch.Tensor, spread: float = 2.0) -> None:
-        """Start from the PCA code of unobservable parts `u` (P x (B-3), e.g. training pixels).
+    def init_linear_code(self, u: torch.Tensor, rgb: Optional[torch.Tensor] = None, spread: float = 2.0) -> None:
+        """Start from the PCA code of unobservable parts `u` (P x (B-3), e.g. training pixels; their RGB P x 3
+        too when the model normalises intensity, since the code is then fitted to u / b).
 
         Code channel k is the k-th principal component divided by `spread` standard deviations, so most
         pixels land in tanh's near-linear range.
         """
         u = u.double().reshape(-1, self.split.num_unobservable)
+        if self.config.normalize_intensity:
+            if rgb is None:
+                raise ValueError("init_linear_code: this SpeUAE normalises intensity, so it needs the pixels' RGB too")
+            u = u / self._intensity(rgb.double().reshape(-1, 3), dim=-1)
         mean = u.mean(dim=0)
         _, singular, vh = torch.linalg.svd(u - mean, full_matrices=False)
         k = self.config.code_channels
@@ -155,6 +170,16 @@ class SpeUAE(ModelMixin, ConfigMixin):
         if tensor.ndim != 4 or tensor.shape[1] != channels:
             raise ValueError(f"SpeUAE.{what}: expected N x {channels} x H x W, got shape {tuple(tensor.shape)}")
 
+    def _intensity(self, rgb: torch.Tensor, dim: int = 1) -> torch.Tensor:
+        """The per-pixel scale b that normalize_intensity divides by (1 when it is off)."""
+        if not self.config.normalize_intensity:
+            return torch.ones_like(rgb.narrow(dim, 0, 1))
+        return rgb.mean(dim=dim, keepdim=True).clamp_min(INTENSITY_FLOOR)
+
+    def _rgb_features(self, rgb: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
+        """The RGB as the MLPs see it: chromaticity around 0 when normalised, else rescaled to [-1, 1]."""
+        return rgb / intensity - 1 if self.config.normalize_intensity else rgb * 2 - 1
+
     @apply_forward_hook  # so enable_model_cpu_offload moves the model in for this call too
     def encode(self, hsi: torch.Tensor, rgb: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Spectra (N x B x H x W) -> code image in [-1, 1]. `rgb` defaults to the clean rendering Φ s."""
@@ -162,17 +187,20 @@ class SpeUAE(ModelMixin, ConfigMixin):
         if rgb is None:
             rgb = self.split.render(hsi, dim=1)
         self._check(rgb, 3, "encode (rgb)")
-        u = self.split.unobservable(hsi, dim=1) * self.config.unobservable_scale
+        intensity = self._intensity(rgb)
+        u = self.split.unobservable(hsi, dim=1) / intensity * self.config.unobservable_scale
         linear = self.linear_encoder(u.movedim(1, -1)).movedim(-1, 1)
-        return torch.tanh(linear + self.encoder(torch.cat([u, rgb * 2 - 1], dim=1)))
+        return torch.tanh(linear + self.encoder(torch.cat([u, self._rgb_features(rgb, intensity)], dim=1)))
 
     @apply_forward_hook
     def decode_unobservable(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         """Code image + RGB -> û, the coordinates of the unobservable part (B-3 channels)."""
         self._check(code, self.config.code_channels, "decode")
         self._check(rgb, 3, "decode (rgb)")
+        intensity = self._intensity(rgb)
         linear = self.linear_decoder(code.movedim(1, -1)).movedim(-1, 1)
-        return (linear + self.decoder(torch.cat([code, rgb * 2 - 1], dim=1))) / self.config.unobservable_scale
+        u = linear + self.decoder(torch.cat([code, self._rgb_features(rgb, intensity)], dim=1))
+        return u * (intensity / self.config.unobservable_scale)
 
     @apply_forward_hook
     def decode(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
