@@ -84,6 +84,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=default_cave_root())
     parser.add_argument("--vae", type=Path, help="also pass the code through this SD VAE (folder with config.json)")
     parser.add_argument("--per-scene", action="store_true", help="also print every model's per-scene table")
+    parser.add_argument("--split", choices=("val", "train"), default="val",
+                        help="scenes to score (train: how well the models fit what they were fitted on)")
     args = parser.parse_args()
 
     model = SpeUAE.from_pretrained(args.speuae).eval()
@@ -91,7 +93,7 @@ def main() -> None:
     split = ObservableSplit(camera)
     scenes = cave_split(args.data)
     train = [read_scene(p, grid=camera.grid).cube for p in scenes["train"]]
-    val = {p.name: read_scene(p, grid=camera.grid).cube for p in scenes["val"]}
+    scored = {p.name: read_scene(p, grid=camera.grid).cube for p in scenes[args.split]}
 
     models = {"linear code k=3 (PCA of u)": linear_code_model(split, train, 3),
               "linear code k=6 (PCA of u)": linear_code_model(split, train, 6),
@@ -102,11 +104,11 @@ def main() -> None:
         models["SpeUAE + SpaAE (VAE round trip)"] = spaae_model(model, AutoencoderKL.from_pretrained(args.vae).eval())
     summary = {}
     for name, round_trip in models.items():
-        rows = {scene: evaluate_cube(round_trip(cube), cube) for scene, cube in val.items()}
+        rows = {scene: evaluate_cube(round_trip(cube), cube) for scene, cube in scored.items()}
         summary[name] = mean_metrics(list(rows.values()))
         if args.per_scene:
             print(f"{name}:\n{format_table(rows, first_column='scene')}\n")
-    print(f"Round trip on the CAVE val split ({len(val)} scenes), camera {camera.name}:")
+    print(f"Round trip on the CAVE {args.split} split ({len(scored)} scenes), camera {camera.name}:")
     print(format_table(summary, first_column="model", mean_row=False))
     for size in (256, 512):
         encode, decode = time_model(model, size)

@@ -25,7 +25,8 @@ The paper publishes the ingredients but not the code; this module fixes one inte
   a per-pixel root-polynomial regression of the RGB (the classical baseline's features, `uldm.baseline`; 7 x B
   weights). The trainer fits it by least squares on training pixels and the U-Net's head starts at zero, so
   training starts from the regression and the network learns only what it misses: with the few steps a CPU
-  affords, it no longer spends them rediscovering a per-pixel colour-to-spectrum map.
+  affords, it no longer spends them rediscovering a per-pixel colour-to-spectrum map. The regression's weights
+  are ordinary parameters: the trainer's `freeze_regression` keeps them at the fit.
 - **Timestep.** Sinusoidal embedding + MLP (diffusers' `Timesteps` / `TimestepEmbedding`); each block adds a
   per-channel bias from it to its branch inputs (not to the residual stream, which stays an exact identity at
   initialisation) and HATA takes its temperature from it.
