@@ -160,9 +160,28 @@ def test_mixed_patches_are_convex_mixtures_with_consistent_rgb():
         assert any(float(w.std()) < 1e-4 and 0 < float(w.mean()) < 1 for w in weights)
 
 
-def test_bad_ema_decay_is_refused(tmp_path, tiny_cave_root):
+def test_tilted_spectra_are_smooth_gains_of_mean_one():
+    from uldm.stages.train_speuae import tilt_spectra
+
+    torch.manual_seed(0)
+    hsi = torch.rand(8, 31, 3, 3) + 0.1
+    assert torch.equal(tilt_spectra(hsi, 0.0), hsi)
+    gain = tilt_spectra(hsi, 0.5) / hsi
+    assert torch.allclose(gain, gain[:, :, :1, :1].expand_as(gain))  # one gain curve per patch
+    curve = gain[:, :, 0, 0]
+    torch.testing.assert_close(curve.mean(dim=1), torch.ones(8))  # brightness kept on average
+    slopes = curve.log().diff(dim=1)  # log-linear across the bands: a tilt, not a reshuffle
+    torch.testing.assert_close(slopes, slopes[:, :1].expand_as(slopes), atol=1e-5, rtol=0)
+    assert slopes[:, 0].abs().min() > 0 and slopes[:, 0].std() > 0  # tilted, by different amounts
+
+
+def test_bad_ema_and_augmentation_settings_are_refused(tmp_path, tiny_cave_root):
     with pytest.raises(ConfigError, match="ema_decay"):
         load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, use_ema=True, ema_decay=1.5))
+    with pytest.raises(ConfigError, match="use one or the other"):
+        load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, tilt_std=0.3, degradation={"bit_depth": 8}))
+    with pytest.raises(ConfigError, match="mix_probability"):
+        load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, mix_probability=2))
 
 
 def final_weights(output_dir: Path) -> dict:
@@ -186,9 +205,9 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, tiny_cave
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extras", [False, True], ids=["plain", "ema-and-mixing"])
+@pytest.mark.parametrize("extras", [False, True], ids=["plain", "ema-and-augmentation"])
 def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_cave_root, extras):
-    options = {"use_ema": True, "ema_decay": 0.9, "mix_probability": 0.5} if extras else {}
+    options = {"use_ema": True, "ema_decay": 0.9, "mix_probability": 0.5, "tilt_std": 0.3} if extras else {}
     config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, **options))
     train(config)
     output_dir = Path(config.output_dir)
