@@ -136,6 +136,8 @@ def test_model_ema_averages_swaps_in_and_restores():
     assert all(torch.equal(v, torch.ones_like(v)) for v in model.state_dict().values())  # own weights back
     for value in averaged.values():  # the average lags behind the jump to 1: strictly between the two
         assert ((value > 0.5) & (value < 1)).all()
+    half = ModelEMA(torch.nn.Linear(3, 2).to(torch.bfloat16), decay=0.5, device=torch.device("cpu"))
+    assert all(p.dtype == torch.float32 for p in half.average.shadow_params)  # the average stays in float32
     copy = ModelEMA(torch.nn.Linear(3, 2), decay=0.5, device=torch.device("cpu"))
     copy.load_state_dict(ema.state_dict())  # what a checkpoint carries
     other = torch.nn.Linear(3, 2)

@@ -399,7 +399,9 @@ class ModelEMA:
         from diffusers.training_utils import EMAModel
 
         self.trained, self.device = trained, device
-        self.average = EMAModel(trained.parameters(), decay=decay)
+        # float32 shadows even when the prepared model holds low-precision weights (DeepSpeed bf16): an average of
+        # small steps kept in bf16 would round most of them away
+        self.average = EMAModel([p.detach().float() for p in trained.parameters()], decay=decay)
         self.average.to(device)
 
     def step(self) -> None:
