@@ -43,6 +43,7 @@ from uldm.training import (
     ConfigError,
     TrainConfig,
     build_accelerator,
+    build_augmentation,
     build_scheduler,
     build_train_loader,
     config_dict,
@@ -170,8 +171,12 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
     step = resume(accelerator, output_dir, resume_from)
 
     # 4. train: noise the scaled cube, predict it clean from (noisy cube, RGB, t)
+    augment = build_augmentation(config, camera, accelerator.device)  # None unless mix_probability / tilt_std
+
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
         hsi, rgb = batch["hsi"], batch["rgb"]
+        if augment is not None:
+            hsi, rgb = augment(hsi, rgb)
         clean = to_model_space(hsi)
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, config.num_train_timesteps, (len(clean),), device=clean.device)

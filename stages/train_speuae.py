@@ -18,7 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from uldm.models import SpeUAE
-from uldm.nullspace import ObservableSplit
 from uldm.training import (
     averaged_weights,
     build_ema,
@@ -27,6 +26,7 @@ from uldm.training import (
     ModelEMA,
     TrainConfig,
     build_accelerator,
+    build_augmentation,
     build_scheduler,
     build_train_loader,
     config_dict,
@@ -53,9 +53,6 @@ class SpeUAEConfig(TrainConfig):
     linear_init_pixels: int = 200_000  # start from the PCA code of this many training pixels (0: random start)
     sam_weight: float = 0.0
     mse_weight: float = 0.0  # + this x mean squared error (the quantity PSNR scores; L1 alone favours MRAE)
-    # augmentation: mixtures of two patches (mix_patches), spectral tilts (tilt_spectra)
-    mix_probability: float = 0.0  # share of patches replaced by a mixture with another patch
-    tilt_std: float = 0.0  # spread of the per-patch tilt exponent; the RGB of tilted patches is rendered clean
     vae_path: Optional[str] = None  # an SD-format VAE (folder with config.json, or a pipeline folder with vae/)
     vae_loss_weight: float = 0.1
 
@@ -63,13 +60,6 @@ class SpeUAEConfig(TrainConfig):
         super().validate()
         if self.activation not in ("silu", "relu", "gelu"):
             raise ConfigError(f"activation must be silu, relu or gelu, got {self.activation!r}")
-        if not 0 <= self.mix_probability <= 1:
-            raise ConfigError(f"mix_probability must be between 0 and 1, got {self.mix_probability}")
-        if self.tilt_std < 0:
-            raise ConfigError(f"tilt_std must be >= 0, got {self.tilt_std}")
-        if self.tilt_std and self.degradation:
-            raise ConfigError("tilt_std re-renders clean RGB from the tilted spectra, which would drop the "
-                              "degradation: use one or the other")
         if self.vae_path is not None and self.patch_size % 8:
             raise ConfigError(f"patch_size must be a multiple of 8 when vae_path is set, got {self.patch_size}")
 
@@ -77,33 +67,6 @@ class SpeUAEConfig(TrainConfig):
 def spectral_angle(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean 1 - cos(angle) between per-pixel spectra (N x B x H x W): a smooth stand-in for SAM."""
     return 1 - F.cosine_similarity(pred, target, dim=1, eps=1e-6).mean()
-
-
-def mix_patches(hsi: torch.Tensor, rgb: torch.Tensor, probability: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Replace a random `probability` share of the patches (N x C x H x W) by w·(another patch) + (1-w)·itself,
-    w ~ U(0, 1) per patch, on spectra and RGB alike.
-
-    A mixture of materials is a physical spectrum too, and the camera is linear, so its RGB mixes the same way
-    (exactly for clean RGB; for degraded RGB it is the mixture of the degraded ones). The mixtures fill the space
-    between the training scenes' materials, which the code has to generalise across (the round trip scores
-    ~4 dB higher on training scenes than on validation scenes).
-    """
-    n = hsi.shape[0]
-    weight = torch.rand(n, 1, 1, 1, device=hsi.device) * (torch.rand(n, 1, 1, 1, device=hsi.device) < probability)
-    partner = torch.randperm(n, device=hsi.device)
-    return hsi + weight * (hsi[partner] - hsi), rgb + weight * (rgb[partner] - rgb)
-
-
-def tilt_spectra(hsi: torch.Tensor, std: float) -> torch.Tensor:
-    """Multiply each patch's spectra (N x B x H x W) by exp(a·x), x running from -1 to 1 across the bands,
-    a ~ N(0, std²) per patch, normalised to a mean gain of 1: the same materials under a bluer or redder light.
-
-    The tilts make spectral shapes the training scenes do not have, where the code must generalise. The RGB has
-    to be rendered again from the tilted spectra.
-    """
-    x = torch.linspace(-1, 1, hsi.shape[1], device=hsi.device, dtype=hsi.dtype).view(1, -1, 1, 1)
-    gain = torch.exp(torch.randn(hsi.shape[0], 1, 1, 1, device=hsi.device, dtype=hsi.dtype) * std * x)
-    return hsi * (gain / gain.mean(dim=1, keepdim=True))
 
 
 def reconstruction_loss(pred: torch.Tensor, target: torch.Tensor, sam_weight: float = 0.0,
@@ -182,16 +145,13 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
     # 3. resume: same step, optimizer, scheduler and RNG state; the batch stream is positioned after it
     step = resume(accelerator, output_dir, resume_from)
     channel = vae_round_trip(vae) if vae is not None else None
-    split = ObservableSplit(camera).to(accelerator.device)  # renders the RGB of tilted spectra
+    augment = build_augmentation(config, camera, accelerator.device)  # None unless mix_probability / tilt_std
 
     # 4. train
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
         hsi, rgb = batch["hsi"], batch["rgb"]
-        if config.tilt_std:
-            hsi = tilt_spectra(hsi, config.tilt_std)
-            rgb = split.render(hsi, dim=1)
-        if config.mix_probability:
-            hsi, rgb = mix_patches(hsi, rgb, config.mix_probability)
+        if augment is not None:
+            hsi, rgb = augment(hsi, rgb)
         outputs = model(hsi, rgb, code_channel=channel)
         loss = reconstruction_loss(outputs[0], hsi, config.sam_weight, config.mse_weight)
         if channel is None:

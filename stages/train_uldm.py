@@ -70,6 +70,9 @@ class ULDMConfig(TrainConfig):
         for name in ("pretrained_model_name_or_path", "speuae_path"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")
+        if self.mix_probability or self.tilt_std:
+            raise ConfigError("mix_probability / tilt_std are not wired into stage 2 (its batches may be cached "
+                              "latents); they augment stage 1 and R2H-Diff")
         if self.precompute_latents and self.train_vae_decoder:
             raise ConfigError("precompute_latents cannot be combined with train_vae_decoder (the decoder needs codes)")
         if self.push_to_hub and not self.hub_model_id:

@@ -207,7 +207,8 @@ def test_trainer_saves_a_loadable_pipeline_and_resume_continues_exactly(tmp_path
     from uldm.stages.train_r2hdiff import R2HDiffConfig, train
     from uldm.training import checkpoints_in, load_config
 
-    config = load_config(R2HDiffConfig, write_config(tmp_path, tiny_cave_root))
+    # batch augmentation on: its random draws must be replayed exactly on resume too
+    config = load_config(R2HDiffConfig, write_config(tmp_path, tiny_cave_root, mix_probability=0.5, tilt_std=0.3))
     uninterrupted = {k: v.clone() for k, v in train(config).net.state_dict().items()}
     output_dir = Path(config.output_dir)
     assert [p.name for p in checkpoints_in(output_dir)] == ["checkpoint-2", "checkpoint-4"]

@@ -146,7 +146,7 @@ def test_model_ema_averages_swaps_in_and_restores():
 
 
 def test_mixed_patches_are_convex_mixtures_with_consistent_rgb():
-    from uldm.stages.train_speuae import mix_patches
+    from uldm.data.augment import mix_patches
 
     torch.manual_seed(0)
     split = SpeUAE(**SMALL).split
@@ -163,7 +163,7 @@ def test_mixed_patches_are_convex_mixtures_with_consistent_rgb():
 
 
 def test_tilted_spectra_are_smooth_gains_of_mean_one():
-    from uldm.stages.train_speuae import tilt_spectra
+    from uldm.data.augment import tilt_spectra
 
     torch.manual_seed(0)
     hsi = torch.rand(8, 31, 3, 3) + 0.1

@@ -204,10 +204,12 @@ def test_precomputed_latents_match_live_encoding_and_train(tmp_path, tiny_sd_dir
     assert (cache_dir / "epoch-0.safetensors").stat().st_mtime_ns != stamp
 
 
-def test_precompute_refuses_vae_decoder_training(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
+def test_refused_stage_2_combinations(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
     with pytest.raises(ConfigError, match="precompute_latents cannot be combined"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
                                              precompute_latents=True, train_vae_decoder=True))
+    with pytest.raises(ConfigError, match="not wired into stage 2"):
+        load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, tilt_std=0.3))
 
 
 @pytest.mark.slow

@@ -52,6 +52,9 @@ class TrainConfig:
     degradation: Optional[dict] = None  # {photons, bit_depth, jpeg_quality}
     patch_size: int = 64
     patches_per_scene: int = 16
+    # batch augmentation (uldm.data.augment): share of patches mixed with another; spread of spectral tilts
+    mix_probability: float = 0.0
+    tilt_std: float = 0.0
     train_batch_size: int = 8
     dataloader_num_workers: int = 0
     scene_cache_size: Optional[int] = 32
@@ -84,6 +87,13 @@ class TrainConfig:
                      "validation_steps", "patches_per_scene"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.mix_probability <= 1:
+            raise ConfigError(f"mix_probability must be between 0 and 1, got {self.mix_probability}")
+        if self.tilt_std < 0:
+            raise ConfigError(f"tilt_std must be >= 0, got {self.tilt_std}")
+        if self.tilt_std and self.degradation:
+            raise ConfigError("tilt_std re-renders clean RGB from the tilted spectra, which would drop the "
+                              "degradation: use one or the other")
         if not 0 < self.ema_decay < 1:
             raise ConfigError(f"ema_decay must be between 0 and 1, got {self.ema_decay}")
         self.camera_response()
@@ -198,6 +208,16 @@ def build_train_loader(config: TrainConfig, camera: CameraResponse):
     dataset.scene(0)
     sampler, loader = make_loader(config, dataset)
     return dataset, sampler, loader
+
+
+def build_augmentation(config: TrainConfig, camera: CameraResponse, device: torch.device):
+    """The `BatchAugmentation` the config asks for (tilts re-render RGB with `camera`), or None."""
+    if not (config.mix_probability or config.tilt_std):
+        return None
+    from .data.augment import BatchAugmentation
+    from .nullspace import ObservableSplit
+
+    return BatchAugmentation(ObservableSplit(camera).to(device), config.mix_probability, config.tilt_std)
 
 
 def sample_pixels(dataset, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
