@@ -140,7 +140,7 @@ class SpeUAE(ModelMixin, ConfigMixin):
         if self.config.normalize_intensity:
             if rgb is None:
                 raise ValueError("init_linear_code: this SpeUAE normalises intensity, so it needs the pixels' RGB too")
-            u = u / self._intensity(rgb.double().reshape(-1, 3), dim=-1)
+            u = u / self._intensity(rgb.double().reshape(-1, 3))
         mean = u.mean(dim=0)
         _, singular, vh = torch.linalg.svd(u - mean, full_matrices=False)
         k = self.config.code_channels
@@ -170,15 +170,17 @@ class SpeUAE(ModelMixin, ConfigMixin):
         if tensor.ndim != 4 or tensor.shape[1] != channels:
             raise ValueError(f"SpeUAE.{what}: expected N x {channels} x H x W, got shape {tuple(tensor.shape)}")
 
-    def _intensity(self, rgb: torch.Tensor, dim: int = 1) -> torch.Tensor:
-        """The per-pixel scale b that normalize_intensity divides by (1 when it is off)."""
+    def _intensity(self, rgb: torch.Tensor) -> Optional[torch.Tensor]:
+        """The per-pixel scale b that normalize_intensity divides by (channels on dim 1), or None when it is off,
+        so the default model does no extra work."""
         if not self.config.normalize_intensity:
-            return torch.ones_like(rgb.narrow(dim, 0, 1))
-        return rgb.mean(dim=dim, keepdim=True).clamp_min(INTENSITY_FLOOR)
+            return None
+        return rgb.mean(dim=1, keepdim=True).clamp_min(INTENSITY_FLOOR)
 
-    def _rgb_features(self, rgb: torch.Tensor, intensity: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def _rgb_features(rgb: torch.Tensor, intensity: Optional[torch.Tensor]) -> torch.Tensor:
         """The RGB as the MLPs see it: chromaticity around 0 when normalised, else rescaled to [-1, 1]."""
-        return rgb / intensity - 1 if self.config.normalize_intensity else rgb * 2 - 1
+        return rgb * 2 - 1 if intensity is None else rgb / intensity - 1
 
     @apply_forward_hook  # so enable_model_cpu_offload moves the model in for this call too
     def encode(self, hsi: torch.Tensor, rgb: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -188,7 +190,9 @@ class SpeUAE(ModelMixin, ConfigMixin):
             rgb = self.split.render(hsi, dim=1)
         self._check(rgb, 3, "encode (rgb)")
         intensity = self._intensity(rgb)
-        u = self.split.unobservable(hsi, dim=1) / intensity * self.config.unobservable_scale
+        u = self.split.unobservable(hsi, dim=1) * self.config.unobservable_scale
+        if intensity is not None:
+            u = u / intensity
         linear = self.linear_encoder(u.movedim(1, -1)).movedim(-1, 1)
         return torch.tanh(linear + self.encoder(torch.cat([u, self._rgb_features(rgb, intensity)], dim=1)))
 
@@ -200,7 +204,8 @@ class SpeUAE(ModelMixin, ConfigMixin):
         intensity = self._intensity(rgb)
         linear = self.linear_decoder(code.movedim(1, -1)).movedim(-1, 1)
         u = linear + self.decoder(torch.cat([code, self._rgb_features(rgb, intensity)], dim=1))
-        return u * (intensity / self.config.unobservable_scale)
+        u = u / self.config.unobservable_scale
+        return u if intensity is None else u * intensity
 
     @apply_forward_hook
     def decode(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
