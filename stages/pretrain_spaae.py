@@ -28,6 +28,7 @@ from uldm.training import (
     build_scheduler,
     build_train_loader,
     config_dict,
+    full_model,
     resume,
     save_pretrained_atomic,
     train_loop,
@@ -59,6 +60,10 @@ class VAEObjective(nn.Module):
         posterior = self.vae.encode(images).latent_dist
         reconstruction = self.vae.decode(posterior.sample()).sample
         return F.l1_loss(reconstruction, images), posterior.kl().mean()
+
+    def fresh_copy(self) -> "VAEObjective":
+        """The same wrapper around a new VAE of the same config: what `full_model` loads gathered weights into."""
+        return VAEObjective(type(self.vae).from_config(self.vae.config))
 
 
 def train(config: SpaAEConfig, resume_from: Optional[str] = None):
@@ -92,7 +97,7 @@ def train(config: SpaAEConfig, resume_from: Optional[str] = None):
     train_loop(accelerator, config, models=[objective], optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader,
                dataset=dataset, sampler=sampler, start_step=step, loss_fn=loss_fn, desc="SpaAE")
     accelerator.wait_for_everyone()
-    vae = accelerator.unwrap_model(objective).vae
+    vae = full_model(accelerator, objective, rebuild=VAEObjective.fresh_copy).vae  # every process (FSDP: collective)
     if accelerator.is_main_process:
         save_pretrained_atomic(vae, vae_folder)
         accelerator.print(f"wrote the trained SpaAE to {vae_folder}")

@@ -47,6 +47,7 @@ from uldm.training import (
     build_scheduler,
     build_train_loader,
     config_dict,
+    final_model,
     full_model,
     resume,
     sample_pixels,
@@ -171,7 +172,7 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
     step = resume(accelerator, output_dir, resume_from)
 
     # 4. train: noise the scaled cube, predict it clean from (noisy cube, RGB, t)
-    augment = build_augmentation(config, camera, accelerator.device)  # None unless mix_probability / tilt_std
+    augment = build_augmentation(config, camera, accelerator.device)  # None without mix / tilt / gain
 
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
         hsi, rgb = batch["hsi"], batch["rgb"]
@@ -208,9 +209,7 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
 
     # 5. the complete pipeline, saved atomically, with a model card; optional push
     accelerator.wait_for_everyone()
-    net = full_model(accelerator, net)
-    if ema is not None:
-        ema.copy_to(net)
+    net = final_model(accelerator, net, ema)
     pipeline = build_pipeline(net.eval(), noise_scheduler, camera, config)
     if accelerator.is_main_process:
         folder = save_pretrained_atomic(pipeline, output_dir / "pipeline")

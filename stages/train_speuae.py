@@ -30,6 +30,7 @@ from uldm.training import (
     build_scheduler,
     build_train_loader,
     config_dict,
+    final_model,
     full_model,
     load_frozen_vae,
     resume,
@@ -145,7 +146,7 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
     # 3. resume: same step, optimizer, scheduler and RNG state; the batch stream is positioned after it
     step = resume(accelerator, output_dir, resume_from)
     channel = vae_round_trip(vae) if vae is not None else None
-    augment = build_augmentation(config, camera, accelerator.device)  # None unless mix_probability / tilt_std
+    augment = build_augmentation(config, camera, accelerator.device)  # None without mix / tilt / gain
 
     # 4. train
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
@@ -169,9 +170,7 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
 
     # 5. final model
     accelerator.wait_for_everyone()
-    model = full_model(accelerator, model)
-    if ema is not None:
-        ema.copy_to(model)
+    model = final_model(accelerator, model, ema)
     if accelerator.is_main_process:
         save_pretrained_atomic(model, output_dir / "speuae")
         accelerator.print(f"saved {output_dir / 'speuae'} after {step} steps ({time.perf_counter() - started:.0f} s this run)")

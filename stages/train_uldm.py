@@ -34,6 +34,7 @@ from uldm.training import (
     build_train_loader,
     make_loader,
     config_dict,
+    final_model,
     full_model,
     resume,
     save_pretrained_atomic,
@@ -70,9 +71,9 @@ class ULDMConfig(TrainConfig):
         for name in ("pretrained_model_name_or_path", "speuae_path"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")
-        if self.mix_probability or self.tilt_std:
-            raise ConfigError("mix_probability / tilt_std are not wired into stage 2 (its batches may be cached "
-                              "latents); they augment stage 1 and R2H-Diff")
+        if self.mix_probability or self.tilt_std or self.gain_std:
+            raise ConfigError("mix_probability / tilt_std / gain_std are not wired into stage 2 (its batches may be "
+                              "cached latents); they augment stage 1 and R2H-Diff")
         if self.precompute_latents and self.train_vae_decoder:
             raise ConfigError("precompute_latents cannot be combined with train_vae_decoder (the decoder needs codes)")
         if self.push_to_hub and not self.hub_model_id:
@@ -255,9 +256,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
 
     # 5. the complete pipeline (EMA weights if kept), saved atomically; model card; optional push
     accelerator.wait_for_everyone()
-    unet = full_model(accelerator, unet)
-    if ema is not None:
-        ema.copy_to(unet)
+    unet = final_model(accelerator, unet, ema)
     pipeline = build_pipeline(unet.eval(), frozen_vae.to(torch.float32), noise_scheduler, speuae, empty_prompt,
                               **pipeline_defaults(config))
     if accelerator.is_main_process:

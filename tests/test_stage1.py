@@ -101,6 +101,20 @@ def test_intensity_normalised_variant_is_scale_equivariant(tmp_path):
         assert codes.mean(0).abs().max() < 1e-4  # the PCA was fitted to the normalised parts (centred codes)
 
 
+def test_refined_codes_in_the_benchmark_lower_the_error_and_keep_rgb_exact(load_benchmark):
+    """The round-trip benchmark's diagnostic row: codes fitted per pixel must fit better than the encoder's."""
+    torch.manual_seed(0)
+    model = SpeUAE(encoder_channels=16, decoder_channels=16, num_layers=2).eval().requires_grad_(False)
+    rgb = torch.rand(1, 3, 8, 8)
+    with torch.no_grad():  # spectra the decoder can make exactly, from codes the (untrained) encoder does not find
+        cube = model.decode(torch.rand(1, 3, 8, 8) * 1.6 - 0.8, rgb)[0].permute(1, 2, 0).numpy()
+    bench = load_benchmark("speuae_roundtrip")
+    plain, refined = bench.speuae_model(model)(cube), bench.refined_code_model(model, steps=100)(cube)
+    assert ((refined - cube) ** 2).mean() < 0.1 * ((plain - cube) ** 2).mean()
+    rgb = model.split.render(torch.from_numpy(cube), dim=-1)
+    torch.testing.assert_close(model.split.render(torch.from_numpy(refined), dim=-1), rgb, atol=1e-5, rtol=0)
+
+
 def test_wrong_band_count_is_rejected():
     with pytest.raises(ValueError, match="N x 31 x H x W"):
         SpeUAE(**SMALL).encode(torch.rand(1, 30, 4, 4))
@@ -177,6 +191,20 @@ def test_tilted_spectra_are_smooth_gains_of_mean_one():
     assert slopes[:, 0].abs().min() > 0 and slopes[:, 0].std() > 0  # tilted, by different amounts
 
 
+def test_exposure_gains_scale_spectra_and_rgb_together():
+    from uldm.data.augment import scale_patches
+
+    torch.manual_seed(0)
+    hsi, rgb = torch.rand(16, 31, 4, 4) + 0.1, torch.rand(16, 3, 4, 4) + 0.1
+    assert all(torch.equal(a, b) for a, b in zip(scale_patches(hsi, rgb, 0.0), (hsi, rgb)))
+    scaled, scaled_rgb = scale_patches(hsi, rgb, 0.5)
+    gain = scaled / hsi
+    assert torch.allclose(gain, gain[:, :1, :1, :1].expand_as(gain))  # one gain per patch, all bands and pixels
+    torch.testing.assert_close(scaled_rgb / rgb, gain[:, :3])  # the RGB gets the same gain
+    log_gain = gain[:, 0, 0, 0].log()
+    assert log_gain.std() > 0.2 and (log_gain > 0).any() and (log_gain < 0).any()  # brighter and darker
+
+
 def test_bad_ema_and_augmentation_settings_are_refused(tmp_path, tiny_cave_root):
     with pytest.raises(ConfigError, match="ema_decay"):
         load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, use_ema=True, ema_decay=1.5))
@@ -184,6 +212,8 @@ def test_bad_ema_and_augmentation_settings_are_refused(tmp_path, tiny_cave_root)
         load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, tilt_std=0.3, degradation={"bit_depth": 8}))
     with pytest.raises(ConfigError, match="mix_probability"):
         load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, mix_probability=2))
+    with pytest.raises(ConfigError, match="gain_std"):
+        load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, gain_std=-0.1))
 
 
 def final_weights(output_dir: Path) -> dict:
@@ -209,7 +239,8 @@ def test_training_lowers_the_loss_and_saves_a_loadable_model(tmp_path, tiny_cave
 @pytest.mark.slow
 @pytest.mark.parametrize("extras", [False, True], ids=["plain", "ema-and-augmentation"])
 def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_cave_root, extras):
-    options = {"use_ema": True, "ema_decay": 0.9, "mix_probability": 0.5, "tilt_std": 0.3} if extras else {}
+    options = ({"use_ema": True, "ema_decay": 0.9, "mix_probability": 0.5, "tilt_std": 0.3, "gain_std": 0.3}
+               if extras else {})
     config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, **options))
     train(config)
     output_dir = Path(config.output_dir)

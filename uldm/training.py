@@ -52,9 +52,11 @@ class TrainConfig:
     degradation: Optional[dict] = None  # {photons, bit_depth, jpeg_quality}
     patch_size: int = 64
     patches_per_scene: int = 16
-    # batch augmentation (uldm.data.augment): share of patches mixed with another; spread of spectral tilts
+    # batch augmentation (uldm.data.augment): share of patches mixed with another; spread of spectral tilts;
+    # spread of log exposure gains
     mix_probability: float = 0.0
     tilt_std: float = 0.0
+    gain_std: float = 0.0
     train_batch_size: int = 8
     dataloader_num_workers: int = 0
     scene_cache_size: Optional[int] = 32
@@ -89,8 +91,9 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if not 0 <= self.mix_probability <= 1:
             raise ConfigError(f"mix_probability must be between 0 and 1, got {self.mix_probability}")
-        if self.tilt_std < 0:
-            raise ConfigError(f"tilt_std must be >= 0, got {self.tilt_std}")
+        for name in ("tilt_std", "gain_std"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.tilt_std and self.degradation:
             raise ConfigError("tilt_std re-renders clean RGB from the tilted spectra, which would drop the "
                               "degradation: use one or the other")
@@ -212,12 +215,13 @@ def build_train_loader(config: TrainConfig, camera: CameraResponse):
 
 def build_augmentation(config: TrainConfig, camera: CameraResponse, device: torch.device):
     """The `BatchAugmentation` the config asks for (tilts re-render RGB with `camera`), or None."""
-    if not (config.mix_probability or config.tilt_std):
+    if not (config.mix_probability or config.tilt_std or config.gain_std):
         return None
     from .data.augment import BatchAugmentation
     from .nullspace import ObservableSplit
 
-    return BatchAugmentation(ObservableSplit(camera).to(device), config.mix_probability, config.tilt_std)
+    return BatchAugmentation(ObservableSplit(camera).to(device), config.mix_probability, config.tilt_std,
+                             config.gain_std)
 
 
 def sample_pixels(dataset, pixels: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -387,13 +391,15 @@ def save_pretrained_atomic(model, path: Path) -> Path:
     return path
 
 
-def full_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
+def full_model(accelerator, model: torch.nn.Module,
+               rebuild: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None) -> torch.nn.Module:
     """The trained module with every weight present, for validation and the final save.
 
     Under FSDP (and DeepSpeed ZeRO-3) each process holds a shard, so `unwrap_model` alone is incomplete;
-    `get_state_dict` gathers the weights. That gather is a collective: call this on EVERY process, not only the
-    main one (the main process gets a full copy; the others get their unwrapped module back, unused). Elsewhere
-    it is `unwrap_model`, no copy.
+    `get_state_dict` gathers the weights into a fresh module, `rebuild(unwrapped)` (default: the same class from
+    its diffusers config). That gather is a collective: call this on EVERY process, not only the main one (the
+    main process gets the full copy; the others get their unwrapped module back, unused). Elsewhere it is
+    `unwrap_model`, no copy.
     """
     from accelerate.utils import DistributedType
 
@@ -403,7 +409,7 @@ def full_model(accelerator, model: torch.nn.Module) -> torch.nn.Module:
     state = accelerator.get_state_dict(model)  # collective
     if not accelerator.is_main_process:
         return unwrapped
-    copy = type(unwrapped).from_config(unwrapped.config)
+    copy = rebuild(unwrapped) if rebuild else type(unwrapped).from_config(unwrapped.config)
     copy.load_state_dict(state)
     return copy.to(accelerator.device)
 
@@ -465,6 +471,15 @@ def build_ema(accelerator, config: TrainConfig, trained: torch.nn.Module) -> Opt
     ema = ModelEMA(trained, config.ema_decay, accelerator.device)
     accelerator.register_for_checkpointing(ema)
     return ema
+
+
+def final_model(accelerator, model: torch.nn.Module, ema: Optional[ModelEMA]) -> torch.nn.Module:
+    """The module to save at the end of a run: `full_model`, holding the averaged weights when the run kept them.
+    Collective like `full_model`: call it on every process."""
+    model = full_model(accelerator, model)
+    if ema is not None:
+        ema.copy_to(model)
+    return model
 
 
 @contextmanager
