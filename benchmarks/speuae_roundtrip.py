@@ -38,11 +38,20 @@ def linear_code_model(split: ObservableSplit, train_cubes: list[np.ndarray], k: 
     return round_trip
 
 
+def as_batch(cube: np.ndarray) -> torch.Tensor:
+    """H x W x B cube -> 1 x B x H x W tensor, as the models take it."""
+    return torch.from_numpy(cube).permute(2, 0, 1)[None]
+
+
+def as_cube(batch: torch.Tensor) -> np.ndarray:
+    """1 x B x H x W tensor -> H x W x B cube, as the metrics take it."""
+    return batch[0].permute(1, 2, 0).numpy()
+
+
 def speuae_model(model: SpeUAE):
     @torch.no_grad()
     def round_trip(cube: np.ndarray) -> np.ndarray:
-        hsi = torch.from_numpy(cube).permute(2, 0, 1)[None]
-        return model(hsi)[0][0].permute(1, 2, 0).numpy()
+        return as_cube(model(as_batch(cube))[0])
 
     return round_trip
 
@@ -53,7 +62,7 @@ def refined_code_model(model: SpeUAE, steps: int, lr: float = 0.02):
     share of the error (its amortisation gap); what remains is the decoder's."""
 
     def round_trip(cube: np.ndarray) -> np.ndarray:
-        hsi = torch.from_numpy(cube).permute(2, 0, 1)[None]
+        hsi = as_batch(cube)
         rgb = model.split.render(hsi, dim=1)
         with torch.no_grad():
             start = model.encode(hsi, rgb).clamp(-0.999, 0.999)
@@ -65,7 +74,7 @@ def refined_code_model(model: SpeUAE, steps: int, lr: float = 0.02):
             loss.backward()
             optimizer.step()
         with torch.no_grad():
-            return model.decode(torch.tanh(logits), rgb)[0].permute(1, 2, 0).numpy()
+            return as_cube(model.decode(torch.tanh(logits), rgb))
 
     return round_trip
 
@@ -75,11 +84,11 @@ def spaae_model(model: SpeUAE, vae):
 
     @torch.no_grad()
     def round_trip(cube: np.ndarray) -> np.ndarray:
-        hsi = torch.from_numpy(cube).permute(2, 0, 1)[None]
+        hsi = as_batch(cube)
         rgb = model.split.render(hsi, dim=1)
         code = model.encode(hsi, rgb)
         code = vae.decode(vae.encode(code).latent_dist.mode()).sample.clamp(-1, 1)
-        return model.decode(code, rgb)[0].permute(1, 2, 0).numpy()
+        return as_cube(model.decode(code, rgb))
 
     return round_trip
 
@@ -114,7 +123,7 @@ def main() -> None:
                              "share of the error)")
     args = parser.parse_args()
 
-    model = SpeUAE.from_pretrained(args.speuae).eval()
+    model = SpeUAE.from_pretrained(args.speuae).eval().requires_grad_(False)  # refinement fits codes, not weights
     camera = model.camera
     split = ObservableSplit(camera)
     scenes = cave_split(args.data)
@@ -126,7 +135,7 @@ def main() -> None:
               f"SpeUAE ({sum(p.numel() for p in model.parameters())} params)": speuae_model(model)}
     if args.refine_steps > 0:
         models[f"SpeUAE, codes refined ({args.refine_steps} Adam steps per image)"] = refined_code_model(
-            model.requires_grad_(False), args.refine_steps)
+            model, args.refine_steps)
     if args.vae is not None:
         from diffusers import AutoencoderKL
 

@@ -71,7 +71,7 @@ class ULDMConfig(TrainConfig):
         for name in ("pretrained_model_name_or_path", "speuae_path"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")
-        if self.mix_probability or self.tilt_std or self.gain_std:
+        if self.augments:
             raise ConfigError("mix_probability / tilt_std / gain_std are not wired into stage 2 (its batches may be "
                               "cached latents); they augment stage 1 and R2H-Diff")
         if self.precompute_latents and self.train_vae_decoder:

@@ -79,6 +79,11 @@ class TrainConfig:
     report_to: Optional[str] = "tensorboard"
     tracker_project_name: str = "uldm"
 
+    @property
+    def augments(self) -> bool:
+        """Whether any batch augmentation (mix / tilt / gain) is on."""
+        return bool(self.mix_probability or self.tilt_std or self.gain_std)
+
     def validate(self) -> None:
         """Cheap checks before anything heavy happens; stages extend this."""
         if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
@@ -215,7 +220,7 @@ def build_train_loader(config: TrainConfig, camera: CameraResponse):
 
 def build_augmentation(config: TrainConfig, camera: CameraResponse, device: torch.device):
     """The `BatchAugmentation` the config asks for (tilts re-render RGB with `camera`), or None."""
-    if not (config.mix_probability or config.tilt_std or config.gain_std):
+    if not config.augments:
         return None
     from .data.augment import BatchAugmentation
     from .nullspace import ObservableSplit

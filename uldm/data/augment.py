@@ -46,7 +46,8 @@ def scale_patches(hsi: torch.Tensor, rgb: torch.Tensor, std: float) -> tuple[tor
 @dataclass
 class BatchAugmentation:
     """Tilts (RGB rendered again with the camera), then mixtures, then exposure gains, as the config's
-    `tilt_std` / `mix_probability` / `gain_std` ask. Draws from torch's global generator, whose state accelerate checkpoints, so resume stays exact."""
+    `tilt_std` / `mix_probability` / `gain_std` ask. Draws from torch's global generator, whose state accelerate
+    checkpoints, so resume stays exact."""
 
     split: ObservableSplit
     mix_probability: float = 0.0
