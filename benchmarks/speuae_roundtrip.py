@@ -48,33 +48,14 @@ def as_cube(batch: torch.Tensor) -> np.ndarray:
     return batch[0].permute(1, 2, 0).numpy()
 
 
-def speuae_model(model: SpeUAE):
+def speuae_model(model: SpeUAE, refine_steps: int):
+    """Encode (one pass, then `refine_steps` Gauss-Newton steps), then decode."""
+
     @torch.no_grad()
-    def round_trip(cube: np.ndarray) -> np.ndarray:
-        return as_cube(model(as_batch(cube))[0])
-
-    return round_trip
-
-
-def refined_code_model(model: SpeUAE, steps: int, lr: float = 0.02):
-    """Diagnostic, not the model's encode: start from the encoder's code and fit each pixel's code to the cube by
-    `steps` Adam steps on the decoder's squared error. What it gains over the plain round trip is the encoder's
-    share of the error (its amortisation gap); what remains is the decoder's."""
-
     def round_trip(cube: np.ndarray) -> np.ndarray:
         hsi = as_batch(cube)
         rgb = model.split.render(hsi, dim=1)
-        with torch.no_grad():
-            start = model.encode(hsi, rgb).clamp(-0.999, 0.999)
-        logits = torch.atanh(start).requires_grad_(True)  # the code stays in (-1, 1) through tanh
-        optimizer = torch.optim.Adam([logits], lr=lr)
-        for _ in range(steps):
-            loss = (model.decode(torch.tanh(logits), rgb) - hsi).pow(2).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        with torch.no_grad():
-            return as_cube(model.decode(torch.tanh(logits), rgb))
+        return as_cube(model.decode(model.encode(hsi, rgb, refine_steps=refine_steps), rgb))
 
     return round_trip
 
@@ -86,22 +67,22 @@ def spaae_model(model: SpeUAE, vae):
     def round_trip(cube: np.ndarray) -> np.ndarray:
         hsi = as_batch(cube)
         rgb = model.split.render(hsi, dim=1)
-        code = model.encode(hsi, rgb)
+        code = model.encode(hsi, rgb)  # with the model's own refine_steps
         code = vae.decode(vae.encode(code).latent_dist.mode()).sample.clamp(-1, 1)
         return as_cube(model.decode(code, rgb))
 
     return round_trip
 
 
-def time_model(model: SpeUAE, size: int, repeats: int = 5) -> tuple[float, float]:
+def time_model(model: SpeUAE, size: int, refine_steps: int, repeats: int = 5) -> tuple[float, float]:
     hsi = torch.rand(1, model.num_bands, size, size)
     with torch.inference_mode():
         rgb = model.split.render(hsi, dim=1)
-        code = model.encode(hsi, rgb)
+        code = model.encode(hsi, rgb, refine_steps=refine_steps)
         model.decode(code, rgb)  # warm-up
         start = time.perf_counter()
         for _ in range(repeats):
-            model.encode(hsi, rgb)
+            model.encode(hsi, rgb, refine_steps=refine_steps)
         encode = (time.perf_counter() - start) / repeats
         start = time.perf_counter()
         for _ in range(repeats):
@@ -118,12 +99,12 @@ def main() -> None:
     parser.add_argument("--per-scene", action="store_true", help="also print every model's per-scene table")
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="scenes to score (train: how well the models fit what they were fitted on)")
-    parser.add_argument("--refine-steps", type=int, default=0,
-                        help="also score codes fitted per pixel by this many Adam steps (diagnostic: the encoder's "
-                             "share of the error)")
+    parser.add_argument("--refine-steps", type=int,
+                        help="also score (and time) encoding with this many Gauss-Newton steps (default: the model's "
+                             "own refine_steps, when it has any)")
     args = parser.parse_args()
 
-    model = SpeUAE.from_pretrained(args.speuae).eval().requires_grad_(False)  # refinement fits codes, not weights
+    model = SpeUAE.from_pretrained(args.speuae).eval()
     camera = model.camera
     split = ObservableSplit(camera)
     scenes = cave_split(args.data)
@@ -132,10 +113,10 @@ def main() -> None:
 
     models = {"linear code k=3 (PCA of u)": linear_code_model(split, train, 3),
               "linear code k=6 (PCA of u)": linear_code_model(split, train, 6),
-              f"SpeUAE ({sum(p.numel() for p in model.parameters())} params)": speuae_model(model)}
-    if args.refine_steps > 0:
-        models[f"SpeUAE, codes refined ({args.refine_steps} Adam steps per image)"] = refined_code_model(
-            model, args.refine_steps)
+              f"SpeUAE ({sum(p.numel() for p in model.parameters())} params), one-pass encoder": speuae_model(model, 0)}
+    refine_steps = model.config.refine_steps if args.refine_steps is None else args.refine_steps
+    if refine_steps:
+        models[f"SpeUAE, encoder + {refine_steps} Gauss-Newton step(s)"] = speuae_model(model, refine_steps)
     if args.vae is not None:
         from diffusers import AutoencoderKL
 
@@ -148,9 +129,11 @@ def main() -> None:
             print(f"{name}:\n{format_table(rows, first_column='scene')}\n")
     print(f"Round trip on the CAVE {args.split} split ({len(scored)} scenes), camera {camera.name}:")
     print(format_table(summary, first_column="model", mean_row=False))
-    for size in (256, 512):
-        encode, decode = time_model(model, size)
-        print(f"SpeUAE {size}x{size} on {torch.get_num_threads()} CPU threads: encode {encode:.3f} s, decode {decode:.3f} s")
+    for steps in sorted({0, refine_steps}):
+        for size in (256, 512):
+            encode, decode = time_model(model, size, steps)
+            print(f"SpeUAE {size}x{size} on {torch.get_num_threads()} CPU threads, {steps} Gauss-Newton steps: "
+                  f"encode {encode:.3f} s, decode {decode:.3f} s")
 
 
 if __name__ == "__main__":

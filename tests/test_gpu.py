@@ -144,3 +144,21 @@ def test_stage2_trains_saves_and_resumes_under_a_sharding_plugin(plugin, tmp_pat
         pytest.xfail(f"FSDP resume is not exact (largest weight difference {worst:.3g})")
     for name, tensor in uninterrupted.items():
         torch.testing.assert_close(resumed[name].float(), tensor.float(), rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_speuae_gauss_newton_encoding_under_autocast_matches_the_cpu(dtype):
+    """Stage 2 encodes under mixed precision: the refinement must still run (in the model's fp32) and agree."""
+    from test_stage1 import SMALL, codes_the_decoder_can_match
+
+    from uldm.models import SpeUAE
+
+    model = SpeUAE(**SMALL, refine_steps=2).eval()
+    hsi, rgb, _ = codes_the_decoder_can_match(model)
+    with torch.no_grad():
+        on_cpu = model.encode(hsi, rgb)
+        model.to("cuda")
+        with torch.autocast("cuda", dtype=dtype):
+            on_gpu = model.encode(hsi.cuda(), rgb.cuda())
+    assert on_gpu.dtype == dtype
+    torch.testing.assert_close(on_gpu.float().cpu(), on_cpu, atol=0.02, rtol=0)

@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch import nn
 
 from uldm import CameraResponse
 from uldm.models import SpeUAE
+from uldm.models.speuae import PointwiseMLP
 from uldm.stages.train_speuae import SpeUAEConfig, train
 from uldm.training import ConfigError, checkpoints_in, load_config
 
@@ -101,18 +103,57 @@ def test_intensity_normalised_variant_is_scale_equivariant(tmp_path):
         assert codes.mean(0).abs().max() < 1e-4  # the PCA was fitted to the normalised parts (centred codes)
 
 
-def test_refined_codes_in_the_benchmark_lower_the_error_and_keep_rgb_exact(load_benchmark):
-    """The round-trip benchmark's diagnostic row: codes fitted per pixel must fit better than the encoder's."""
+@pytest.mark.parametrize("activation", ["silu", "relu", "gelu"])
+def test_pointwise_jacobian_matches_autograd(activation):
     torch.manual_seed(0)
-    model = SpeUAE(encoder_channels=16, decoder_channels=16, num_layers=2).eval().requires_grad_(False)
-    rgb = torch.rand(1, 3, 8, 8)
-    with torch.no_grad():  # spectra the decoder can make exactly, from codes the (untrained) encoder does not find
-        cube = model.decode(torch.rand(1, 3, 8, 8) * 1.6 - 0.8, rgb)[0].permute(1, 2, 0).numpy()
+    mlp = PointwiseMLP(6, 5, hidden=8, layers=3, activation=activation)
+    nn.init.normal_(mlp.net[-1].weight)  # the zero-initialised last layer would make every derivative 0
+    x = torch.randn(7, 6)
+    value, jac = mlp.value_and_jacobian(x, wrt=3)
+    expected = torch.func.vmap(torch.func.jacrev(lambda pixel: mlp.net(pixel)))(x)  # 7 x 5 x 6
+    torch.testing.assert_close(value, mlp.net(x))
+    torch.testing.assert_close(jac, expected[..., :3].mT)
+
+
+def codes_the_decoder_can_match(model: SpeUAE) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Spectra decoded from known codes: the codes a perfect encoder would find, which an untrained one misses."""
+    torch.manual_seed(0)
+    for parameter in model.decoder.parameters():
+        parameter.data.add_(0.3 * torch.randn_like(parameter))  # a decoder that is nonlinear in the code
+    rgb, true_code = torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8) * 1.6 - 0.8
+    with torch.no_grad():
+        return model.decode(true_code, rgb), rgb, true_code
+
+
+def test_gauss_newton_steps_find_the_codes_the_one_pass_encoder_misses(tmp_path):
+    model = SpeUAE(**SMALL, refine_steps=3).eval()
+    hsi, rgb, true_code = codes_the_decoder_can_match(model)
+    with torch.no_grad():
+        one_pass, refined = model.encode(hsi, rgb, refine_steps=0), model.encode(hsi, rgb)
+    error = lambda code: (model.decode(code, rgb) - hsi).pow(2).mean().item()
+    assert error(refined) < 1e-4 * error(one_pass)
+    torch.testing.assert_close(refined, true_code, atol=1e-3, rtol=0)
+    assert refined.abs().max() <= 1
+    assert (model.split.render(model.decode(refined, rgb), dim=1) - rgb).abs().max() < 1e-5
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as in mixed-precision stage 2
+        half = model.encode(hsi, rgb)
+    assert half.dtype == torch.bfloat16 and (half.float() - true_code).abs().max() < 0.05
+    # the setting is saved with the model; forward (what training fits) stays one pass
+    model.save_pretrained(tmp_path / "refined")
+    loaded = SpeUAE.from_pretrained(tmp_path / "refined")
+    assert loaded.config.refine_steps == 3 and torch.equal(loaded.encode(hsi, rgb), refined)
+    torch.testing.assert_close(model(hsi, rgb)[1], one_pass)
+    with pytest.raises(ValueError, match="refine_steps"):
+        SpeUAE(context=3, refine_steps=1)
+
+
+def test_the_benchmark_scores_refined_encoding(load_benchmark):
+    model = SpeUAE(**SMALL).eval()
+    hsi, _, _ = codes_the_decoder_can_match(model)
+    cube = hsi[0].permute(1, 2, 0).numpy()
     bench = load_benchmark("speuae_roundtrip")
-    plain, refined = bench.speuae_model(model)(cube), bench.refined_code_model(model, steps=100)(cube)
-    assert ((refined - cube) ** 2).mean() < 0.1 * ((plain - cube) ** 2).mean()
-    rgb = model.split.render(torch.from_numpy(cube), dim=-1)
-    torch.testing.assert_close(model.split.render(torch.from_numpy(refined), dim=-1), rgb, atol=1e-5, rtol=0)
+    plain, refined = bench.speuae_model(model, 0)(cube), bench.speuae_model(model, 2)(cube)
+    assert ((refined - cube) ** 2).mean() < 0.01 * ((plain - cube) ** 2).mean()
 
 
 def test_wrong_band_count_is_rejected():
@@ -203,6 +244,20 @@ def test_exposure_gains_scale_spectra_and_rgb_together():
     torch.testing.assert_close(scaled_rgb / rgb, gain[:, :3])  # the RGB gets the same gain
     log_gain = gain[:, 0, 0, 0].log()
     assert log_gain.std() > 0.2 and (log_gain > 0).any() and (log_gain < 0).any()  # brighter and darker
+
+
+def test_one_cpu_thread_under_accelerate_launch_is_warned_about(monkeypatch, caplog):
+    from types import SimpleNamespace
+
+    from uldm.training import warn_if_one_cpu_thread
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 4)
+    lone_cpu_process = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    for threads, warned in ((1, True), (4, False)):
+        monkeypatch.setattr(torch, "get_num_threads", lambda: threads)
+        caplog.clear()
+        warn_if_one_cpu_thread(lone_cpu_process)
+        assert ("--num_cpu_threads_per_process 4" in caplog.text) == warned
 
 
 def test_bad_ema_and_augmentation_settings_are_refused(tmp_path, tiny_cave_root):

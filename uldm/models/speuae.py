@@ -18,6 +18,11 @@ any factor then scales its reconstruction by the same factor and leaves its code
 the material's spectral shape, not its shading), which is exact for the linear split and what root-polynomial
 regression builds in for the same reason.
 
+Encoding can end with Gauss-Newton steps (`refine_steps`, a config entry; `encode(..., refine_steps=)`): each
+pixel's code is moved to where the decoder reproduces that pixel's u best, to first order. The one-pass encoder is
+fitted to the training spectra and misses on unseen ones (its amortisation gap); one step closes that gap on CAVE
+val (README, Results). Training always uses the one-pass encoder; the steps run without autograd.
+
 The camera is part of the model: its response and wavelengths are stored in config.json, and
 `save_pretrained` / `from_pretrained` (diffusers' ModelMixin) round-trip it with the weights as safetensors.
 """
@@ -39,12 +44,33 @@ from ..nullspace import ObservableSplit
 
 ACTIVATIONS = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
 IN_PLACE = {nn.SiLU: lambda x: F.silu(x, inplace=True), nn.ReLU: lambda x: F.relu(x, inplace=True), nn.GELU: F.gelu}
+
 # Pixels per inference chunk: each layer's activations then stay in the CPU cache. Measured on the 2-core CPU,
 # SpeUAE encoder on 512 x 512: 0.68 s in one piece, 0.50 s in chunks of 32768 with in-place activations.
 INFERENCE_CHUNK = 32768
 # Mean RGB below which a pixel is not normalised further (normalize_intensity): about 1/4 of the 8-bit sRGB step
 # at black in linear units, so noise in near-black pixels is not blown up.
 INTENSITY_FLOOR = 1e-3
+
+
+def _silu_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s = torch.sigmoid(x)
+    activated = x.mul_(s)
+    return activated, torch.addcmul(s, activated, 1 - s)  # silu'(x) = s + x s (1 - s)
+
+
+def _relu_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    slope = (x > 0).to(x.dtype)
+    return x.mul_(slope), slope
+
+
+def _gelu_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    slope = 0.5 * (1 + torch.erf(x / 2 ** 0.5)) + x * torch.exp(-0.5 * x * x) / (2 * torch.pi) ** 0.5
+    return F.gelu(x), slope
+
+
+# activation(x) in place where it can be, and its derivative, for forward-mode derivatives without autograd
+WITH_SLOPE = {nn.SiLU: _silu_and_slope, nn.ReLU: _relu_and_slope, nn.GELU: _gelu_and_slope}
 
 
 class PointwiseMLP(nn.Module):
@@ -85,6 +111,23 @@ class PointwiseMLP(nn.Module):
         out = torch.cat([self._infer(layers, chunk) for chunk in flat.split(INFERENCE_CHUNK)])
         return out.reshape(*pixels.shape[:-1], -1).permute(0, 3, 1, 2)
 
+    @torch.no_grad()
+    def value_and_jacobian(self, x: torch.Tensor, wrt: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs for flat pixels `x` (P x in) and their derivatives with respect to the first `wrt` input
+        channels (P x wrt x out), by forward-mode differentiation layer by layer (per-pixel MLPs only)."""
+        if self.context > 1:
+            raise ValueError("PointwiseMLP.value_and_jacobian (SpeUAE refine_steps) needs a per-pixel MLP (context 1)")
+        first, *layers = list(self.net)
+        hidden, tangents = first(x), first.weight[:, :wrt].T  # d hidden / d x[:, :wrt], the same for every pixel
+        for layer in layers:
+            if isinstance(layer, nn.Linear):  # pixel-major tangents: one (P * wrt) x in matmul per layer
+                hidden = layer(hidden)
+                tangents = (tangents.reshape(-1, tangents.shape[-1]) @ layer.weight.T).view(len(x), wrt, -1)
+            else:
+                hidden, slope = WITH_SLOPE[type(layer)](hidden)
+                tangents = tangents * slope[:, None, :] if tangents.ndim == 2 else tangents.mul_(slope[:, None, :])
+        return hidden, tangents
+
     @staticmethod
     def _infer(layers: list[nn.Module], x: torch.Tensor) -> torch.Tensor:
         """The per-pixel layers without autograd: activations in place, so a chunk's buffers are reused."""
@@ -112,8 +155,11 @@ class SpeUAE(ModelMixin, ConfigMixin):
         unobservable_scale: float = 4.0,
         context: int = 1,
         normalize_intensity: bool = False,
+        refine_steps: int = 0,
     ) -> None:
         super().__init__()
+        if refine_steps < 0 or (refine_steps and context > 1):
+            raise ValueError(f"refine_steps must be >= 0, and 0 with context > 1 (got {refine_steps}, context {context})")
         if camera_response is None or wavelengths is None:
             camera = CameraResponse.from_preset(camera_name)
             self.register_to_config(camera_response=camera.matrix.tolist(), wavelengths=list(camera.grid.wavelengths),
@@ -182,19 +228,51 @@ class SpeUAE(ModelMixin, ConfigMixin):
         """The RGB as the MLPs see it: chromaticity around 0 when normalised, else rescaled to [-1, 1]."""
         return rgb * 2 - 1 if intensity is None else rgb / intensity - 1
 
+    def _code_target(self, hsi: torch.Tensor, rgb: torch.Tensor, intensity: Optional[torch.Tensor]) -> torch.Tensor:
+        """u as both MLPs see it: scaled by unobservable_scale, divided by the intensity when normalised."""
+        u = self.split.unobservable(hsi, dim=1) * self.config.unobservable_scale
+        return u if intensity is None else u / intensity
+
     @apply_forward_hook  # so enable_model_cpu_offload moves the model in for this call too
-    def encode(self, hsi: torch.Tensor, rgb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Spectra (N x B x H x W) -> code image in [-1, 1]. `rgb` defaults to the clean rendering Φ s."""
+    def encode(self, hsi: torch.Tensor, rgb: Optional[torch.Tensor] = None,
+               refine_steps: Optional[int] = None) -> torch.Tensor:
+        """Spectra (N x B x H x W) -> code image in [-1, 1]. `rgb` defaults to the clean rendering Φ s;
+        `refine_steps` (default: the config's) Gauss-Newton steps follow the one-pass encoder."""
         self._check(hsi, self.num_bands, "encode")
         if rgb is None:
             rgb = self.split.render(hsi, dim=1)
         self._check(rgb, 3, "encode (rgb)")
         intensity = self._intensity(rgb)
-        u = self.split.unobservable(hsi, dim=1) * self.config.unobservable_scale
-        if intensity is not None:
-            u = u / intensity
+        u, features = self._code_target(hsi, rgb, intensity), self._rgb_features(rgb, intensity)
         linear = self.linear_encoder(u.movedim(1, -1)).movedim(-1, 1)
-        return torch.tanh(linear + self.encoder(torch.cat([u, self._rgb_features(rgb, intensity)], dim=1)))
+        code = torch.tanh(linear + self.encoder(torch.cat([u, features], dim=1)))
+        steps = self.config.refine_steps if refine_steps is None else refine_steps
+        return self._refine(code, u, features, steps) if steps else code
+
+    @torch.no_grad()
+    def _refine(self, code: torch.Tensor, u: torch.Tensor, features: torch.Tensor, steps: int) -> torch.Tensor:
+        """`steps` Gauss-Newton steps on every pixel's code, towards the least-squares fit of the decoder's output
+        to `u` (as the MLPs see both), pixel by pixel in cache-sized chunks; codes stay in [-1, 1]."""
+        flat = [t.movedim(1, -1).reshape(-1, t.shape[1]).to(self.dtype) for t in (code, features, u)]
+        chunks = zip(*(t.split(INFERENCE_CHUNK) for t in flat))
+        with torch.autocast(code.device.type, enabled=False):  # in the model's precision: solve has no half kernels
+            refined = torch.cat([self._gauss_newton(z, f, target, steps) for z, f, target in chunks])
+        return refined.to(code.dtype).reshape(code.shape[0], *code.shape[2:], -1).movedim(-1, 1)
+
+    def _gauss_newton(self, code: torch.Tensor, features: torch.Tensor, target: torch.Tensor, steps: int) -> torch.Tensor:
+        """Flat pixels: code += (JᵀJ)⁻¹ Jᵀ (target - decoder(code)), J the decoder's k columns of derivatives (a
+        whisker of damping keeps flat directions solvable)."""
+        k = code.shape[1]
+        for _ in range(steps):
+            residual, jac = self.decoder.value_and_jacobian(torch.cat([code, features], dim=1), wrt=k)
+            residual = target - residual - self.linear_decoder(code)
+            jac = (jac + self.linear_decoder.weight.T).mT  # P x (B-3) x k
+            normal = jac.mT @ jac
+            damping = 1e-6 * normal.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)[:, None, None]
+            step = torch.linalg.solve(normal + damping * torch.eye(k, dtype=code.dtype, device=code.device),
+                                      jac.mT @ residual[..., None])
+            code = (code + step[..., 0]).clamp(-1, 1)
+        return code
 
     @apply_forward_hook
     def decode_unobservable(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
@@ -225,7 +303,7 @@ class SpeUAE(ModelMixin, ConfigMixin):
         """
         if rgb is None:
             rgb = self.split.render(hsi, dim=1)
-        code = self.encode(hsi, rgb)
+        code = self.encode(hsi, rgb, refine_steps=0)  # the amortised encoder is what training fits
         outputs = (self.decode(code, rgb), code)
         if code_channel is not None:
             outputs += (self.decode(code_channel(code).clamp(-1, 1), rgb),)
