@@ -202,6 +202,32 @@ def test_precomputed_latents_match_live_encoding_and_train(tmp_path, tiny_sd_dir
                                                    precompute_latents=True, latent_cache_epochs=2, seed=1))
     train(changed)
     assert (cache_dir / "epoch-0.safetensors").stat().st_mtime_ns != stamp
+    # so does a changed SpeUAE behind the same path: here the same weights, encoding with a Gauss-Newton step
+    speuae_copy = tmp_path / "speuae-copy"
+    shutil.copytree(tiny_speuae_dir, speuae_copy)
+    copy_config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, speuae_copy, tiny_cave_root, use_ema=False,
+                                                       max_train_steps=2, checkpointing_steps=2, validation_steps=2,
+                                                       precompute_latents=True, latent_cache_epochs=2, seed=1))
+    train(copy_config)
+    stamp = (cache_dir / "epoch-0.safetensors").stat().st_mtime_ns
+    settings = json.loads((speuae_copy / "config.json").read_text())
+    (speuae_copy / "config.json").write_text(json.dumps({**settings, "refine_steps": 1}))
+    train(copy_config)
+    assert (cache_dir / "epoch-0.safetensors").stat().st_mtime_ns != stamp
+
+
+def test_weights_digest_follows_every_weight():
+    from uldm.latent_cache import weights_digest
+
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert weights_digest(a) == weights_digest(b)
+    with torch.no_grad():
+        b.bias[1] += 1e-6
+    assert weights_digest(a) != weights_digest(b)
+    full = weights_digest(a)
+    assert full != weights_digest(a.to(torch.bfloat16))  # other precision, other latents
 
 
 def test_refused_stage_2_combinations(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):

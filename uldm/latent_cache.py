@@ -3,12 +3,13 @@
 For each of `epochs` epochs of the seeded patch stream, every item's code latent (posterior mean and std, so
 training still samples it) and RGB condition latent are stored in one safetensors file per epoch. Training then
 reads epoch `e % epochs`: the same patches the live pipeline would produce for those epochs, recycled after.
-A fingerprint of everything that shapes the latents is stored with them; a cache made with other settings is
-rebuilt, never silently reused.
+A fingerprint of everything that shapes the latents (settings, scenes, the encoders' weights: `weights_digest`) is
+stored with them; a cache made with other settings or other weights is rebuilt, never silently reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -25,9 +26,20 @@ def epoch_file(folder: Path, epoch: int) -> Path:
     return folder / f"epoch-{epoch}.safetensors"
 
 
+def weights_digest(*modules: torch.nn.Module) -> str:
+    """SHA-256 of the modules' weights (names, dtypes and bytes): latents are stale once their encoders change."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in module.state_dict().items():
+            digest.update(f"{name}:{tensor.dtype}".encode())
+            digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def cache_is_current(folder: Path, epochs: int, fingerprint: dict) -> bool:
     meta = folder / "fingerprint.json"
-    return (meta.exists() and json.loads(meta.read_text()) == fingerprint
+    as_stored = json.loads(json.dumps(fingerprint))  # tuples become lists, as they are in the file
+    return (meta.exists() and json.loads(meta.read_text()) == as_stored
             and all(epoch_file(folder, e).exists() for e in range(epochs)))
 
 
