@@ -60,16 +60,32 @@ def speuae_model(model: SpeUAE, refine_steps: int):
     return round_trip
 
 
-def spaae_model(model: SpeUAE, vae):
-    """Code through the VAE (encode, posterior mean, decode) before decoding: the ULDM's ceiling."""
+def fit_latent(vae, latent: torch.Tensor, code: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
+    """`steps` Adam steps on the latent so the VAE decodes it closer (squared error) to `code`."""
+    latent = latent.detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([latent], lr=lr)
+    for _ in range(steps):
+        loss = (vae.decode(latent).sample - code).pow(2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return latent.detach()
 
-    @torch.no_grad()
+
+def spaae_model(model: SpeUAE, vae, fit_steps: int = 0):
+    """Code through the VAE (encode, posterior mean, decode) before decoding: the ULDM's ceiling. With `fit_steps`
+    (diagnostic), the latent is then fitted to the code (`fit_latent`): what the ceiling would be if the VAE
+    encoder picked the best latent its decoder can use."""
+
     def round_trip(cube: np.ndarray) -> np.ndarray:
         hsi = as_batch(cube)
         rgb = model.split.render(hsi, dim=1)
-        code = model.encode(hsi, rgb)  # with the model's own refine_steps
-        code = vae.decode(vae.encode(code).latent_dist.mode()).sample.clamp(-1, 1)
-        return as_cube(model.decode(code, rgb))
+        with torch.no_grad():
+            code = model.encode(hsi, rgb)  # with the model's own refine_steps
+            latent = vae.encode(code).latent_dist.mode()
+        latent = fit_latent(vae, latent, code, fit_steps) if fit_steps else latent
+        with torch.no_grad():
+            return as_cube(model.decode(vae.decode(latent).sample.clamp(-1, 1), rgb))
 
     return round_trip
 
@@ -96,6 +112,9 @@ def main() -> None:
     parser.add_argument("--speuae", type=Path, required=True, help="folder written by save_pretrained")
     parser.add_argument("--data", type=Path, default=default_cave_root())
     parser.add_argument("--vae", type=Path, help="also pass the code through this SD VAE (folder with config.json)")
+    parser.add_argument("--vae-fit-steps", type=int, default=0,
+                        help="with --vae, also score latents fitted to the code by this many Adam steps (diagnostic: "
+                             "how much of the VAE's ceiling is its encoder's choice of latent)")
     parser.add_argument("--per-scene", action="store_true", help="also print every model's per-scene table")
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="scenes to score (train: how well the models fit what they were fitted on)")
@@ -120,7 +139,11 @@ def main() -> None:
     if args.vae is not None:
         from diffusers import AutoencoderKL
 
-        models["SpeUAE + SpaAE (VAE round trip)"] = spaae_model(model, AutoencoderKL.from_pretrained(args.vae).eval())
+        vae = AutoencoderKL.from_pretrained(args.vae).eval().requires_grad_(False)
+        models["SpeUAE + SpaAE (VAE round trip)"] = spaae_model(model, vae)
+        if args.vae_fit_steps:
+            models[f"SpeUAE + SpaAE, latents fitted ({args.vae_fit_steps} Adam steps)"] = spaae_model(
+                model, vae, args.vae_fit_steps)
     summary = {}
     for name, round_trip in models.items():
         rows = {scene: evaluate_cube(round_trip(cube), cube) for scene, cube in scored.items()}
