@@ -197,10 +197,10 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
         from uldm.latent_cache import LatentCacheDataset, build_latent_cache, weights_digest
 
         folder = output_dir / "latent_cache"
-        fingerprint = {"config": config_dict(config), "scenes": [str(p) for p in dataset.scenes],
-                       "speuae": {k: v for k, v in speuae.config.items() if not k.startswith("_")},  # refine_steps
-                       "weights": weights_digest(speuae, vae)}
-        if accelerator.is_main_process:
+        if accelerator.is_main_process:  # only it writes the cache, so only it hashes the encoders' weights
+            fingerprint = {"config": config_dict(config), "scenes": [str(p) for p in dataset.scenes],
+                           "speuae": {k: v for k, v in speuae.config.items() if not k.startswith("_")},  # refine_steps
+                           "weights": weights_digest(speuae, vae)}
             build_latent_cache(folder, dataset, config.latent_cache_epochs, encode, fingerprint)
         accelerator.wait_for_everyone()
         dataset = LatentCacheDataset(folder, config.latent_cache_epochs)
