@@ -121,9 +121,14 @@ def main() -> None:
     parser.add_argument("--refine-steps", type=int,
                         help="also score (and time) encoding with this many Gauss-Newton steps (default: the model's "
                              "own refine_steps, when it has any)")
+    parser.add_argument("--refine-block", type=int,
+                        help="pixels per side of the blocks that share one Jacobian in those steps (default: the "
+                             "model's own refine_block; 1 is the exact per-pixel step)")
     args = parser.parse_args()
 
     model = SpeUAE.from_pretrained(args.speuae).eval()
+    if args.refine_block is not None:
+        model.register_to_config(refine_block=args.refine_block)
     camera = model.camera
     split = ObservableSplit(camera)
     scenes = cave_split(args.data)
@@ -135,7 +140,9 @@ def main() -> None:
               f"SpeUAE ({sum(p.numel() for p in model.parameters())} params), one-pass encoder": speuae_model(model, 0)}
     refine_steps = model.config.refine_steps if args.refine_steps is None else args.refine_steps
     if refine_steps:
-        models[f"SpeUAE, encoder + {refine_steps} Gauss-Newton step(s)"] = speuae_model(model, refine_steps)
+        block = model.config.refine_block
+        models[f"SpeUAE, encoder + {refine_steps} Gauss-Newton step(s), Jacobian per {block}x{block}"] = speuae_model(
+            model, refine_steps)
     if args.vae is not None:
         from diffusers import AutoencoderKL
 

@@ -51,6 +51,7 @@ class SpeUAEConfig(TrainConfig):
     context: int = 1  # 1: per pixel; k (odd): the first layer of each MLP sees a k x k neighbourhood
     normalize_intensity: bool = False  # codes of u / mean(RGB): shading-invariant codes, scale-equivariant output
     refine_steps: int = 0  # Gauss-Newton steps after the one-pass encoder when encoding (validation, stage 2)
+    refine_block: int = 1  # those steps share one decoder Jacobian per refine_block x refine_block pixels (1: exact)
     # loss: L1 on spectra (+ spectral angle) (+ the same after the code passes the frozen SpaAE)
     linear_init_pixels: int = 200_000  # start from the PCA code of this many training pixels (0: random start)
     sam_weight: float = 0.0
@@ -64,6 +65,8 @@ class SpeUAEConfig(TrainConfig):
             raise ConfigError(f"activation must be silu, relu or gelu, got {self.activation!r}")
         if self.refine_steps < 0 or (self.refine_steps and self.context > 1):
             raise ConfigError(f"refine_steps must be >= 0, and 0 with context > 1 (got {self.refine_steps})")
+        if self.refine_block < 1:
+            raise ConfigError(f"refine_block must be >= 1 (pixels per side of a shared-Jacobian block), got {self.refine_block}")
         if self.vae_path is not None and self.patch_size % 8:
             raise ConfigError(f"patch_size must be a multiple of 8 when vae_path is set, got {self.patch_size}")
 
@@ -135,7 +138,8 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
     # 2. model, optional frozen SpaAE, optimiser, LR schedule
     model = SpeUAE.for_camera(camera, encoder_channels=config.encoder_channels, decoder_channels=config.decoder_channels,
                               num_layers=config.num_layers, activation=config.activation, context=config.context,
-                              normalize_intensity=config.normalize_intensity, refine_steps=config.refine_steps)
+                              normalize_intensity=config.normalize_intensity, refine_steps=config.refine_steps,
+                              refine_block=config.refine_block)
     if config.linear_init_pixels:
         rgb, hsi = sample_pixels(dataset, config.linear_init_pixels)
         model.init_linear_code(model.split.unobservable(hsi.double()), rgb)

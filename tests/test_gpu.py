@@ -146,14 +146,15 @@ def test_stage2_trains_saves_and_resumes_under_a_sharding_plugin(plugin, tmp_pat
         torch.testing.assert_close(resumed[name].float(), tensor.float(), rtol=0, atol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("refine_block", [1, 4])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_speuae_gauss_newton_encoding_under_autocast_matches_the_cpu(dtype):
+def test_speuae_gauss_newton_encoding_under_autocast_matches_the_cpu(dtype, refine_block):
     """Stage 2 encodes under mixed precision: the refinement must still run (in the model's fp32) and agree."""
     from test_stage1 import SMALL, codes_the_decoder_can_match
 
     from uldm.models import SpeUAE
 
-    model = SpeUAE(**SMALL, refine_steps=2).eval()
+    model = SpeUAE(**SMALL, refine_steps=2, refine_block=refine_block).eval()
     hsi, rgb, _ = codes_the_decoder_can_match(model)
     with torch.no_grad():
         on_cpu = model.encode(hsi, rgb)

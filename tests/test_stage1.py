@@ -147,6 +147,37 @@ def test_gauss_newton_steps_find_the_codes_the_one_pass_encoder_misses(tmp_path)
         SpeUAE(context=3, refine_steps=1)
 
 
+def test_block_gauss_newton_shares_one_jacobian_per_block_and_keeps_each_pixels_residual(tmp_path):
+    exact = SpeUAE(**SMALL, refine_steps=1).eval()
+    blocked = SpeUAE(**SMALL, refine_steps=1, refine_block=4).eval()
+    hsi, rgb, _ = codes_the_decoder_can_match(exact)  # (makes exact's decoder nonlinear in the code first)
+    blocked.load_state_dict(exact.state_dict())
+    with torch.no_grad():
+        # pixels equal within every 4 x 4 block: the block's mean is each pixel, so the step is the exact one
+        flat_hsi, flat_rgb = (nn.functional.interpolate(t[:, :, ::4, ::4], scale_factor=4) for t in (hsi, rgb))
+        torch.testing.assert_close(blocked.encode(flat_hsi, flat_rgb), exact.encode(flat_hsi, flat_rgb),
+                                   atol=1e-5, rtol=0)
+        # varied pixels, any size (7 x 9 is not a multiple of 4): a step nearly as good as the exact one
+        hsi, rgb = hsi[:, :, :7, :], rgb[:, :, :7, :]
+        one_pass, refined, refined_exact = (blocked.encode(hsi, rgb, refine_steps=0), blocked.encode(hsi, rgb),
+                                            exact.encode(hsi, rgb))
+    assert refined.shape == one_pass.shape == (1, 3, 7, 8) and refined.abs().max() <= 1
+    error = lambda code: (blocked.decode(code, rgb) - hsi).pow(2).mean().item()
+    assert error(refined) < 0.5 * error(one_pass)
+    assert error(refined) < 3 * error(refined_exact)
+    # each pixel's own residual counts: changing one pixel's spectrum moves its code, not the block's others
+    changed = hsi.clone()
+    changed[:, :, 0, 0] *= 1.5
+    with torch.no_grad():
+        moved = (blocked.encode(changed, rgb) - refined).abs().amax(dim=1)[0]
+    neighbours = moved[:4, :4].flatten()[1:]  # the rest of its block: only the shared Jacobian changed for them
+    assert moved[0, 0] > 1e-3 and moved[0, 0] > 10 * neighbours.max(), (moved[0, 0], neighbours.max())
+    blocked.save_pretrained(tmp_path / "blocked")
+    assert SpeUAE.from_pretrained(tmp_path / "blocked").config.refine_block == 4
+    with pytest.raises(ValueError, match="refine_block"):
+        SpeUAE(refine_block=0)
+
+
 def test_the_benchmark_scores_refined_encoding(load_benchmark):
     model = SpeUAE(**SMALL).eval()
     hsi, _, _ = codes_the_decoder_can_match(model)
@@ -288,6 +319,8 @@ def test_bad_ema_and_augmentation_settings_are_refused(tmp_path, tiny_cave_root)
         load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, mix_probability=2))
     with pytest.raises(ConfigError, match="gain_std"):
         load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, gain_std=-0.1))
+    with pytest.raises(ConfigError, match="refine_block"):
+        load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, refine_block=0))
 
 
 def final_weights(output_dir: Path) -> dict:

@@ -21,7 +21,10 @@ regression builds in for the same reason.
 Encoding can end with Gauss-Newton steps (`refine_steps`, a config entry; `encode(..., refine_steps=)`): each
 pixel's code is moved to where the decoder reproduces that pixel's u best, to first order. The one-pass encoder is
 fitted to the training spectra and misses on unseen ones (its amortisation gap); one step closes that gap on CAVE
-val (README, Results). Training always uses the one-pass encoder; the steps run without autograd.
+val (README, Results). Training always uses the one-pass encoder; the steps run without autograd. The decoder's
+Jacobian costs three decoder passes; with `refine_block` b > 1 it is evaluated once per b x b block of pixels, at
+the block's mean code and RGB, and shared by the block's pixels (each keeps its own residual), which costs 1/b² of
+that at almost the same accuracy (neighbouring pixels have nearly the same Jacobian).
 
 The camera is part of the model: its response and wavelengths are stored in config.json, and
 `save_pretrained` / `from_pretrained` (diffusers' ModelMixin) round-trip it with the weights as safetensors.
@@ -71,6 +74,16 @@ def _gelu_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 # activation(x) in place where it can be, and its derivative, for forward-mode derivatives without autograd
 WITH_SLOPE = {nn.SiLU: _silu_and_slope, nn.ReLU: _relu_and_slope, nn.GELU: _gelu_and_slope}
+
+
+def _pixels(image: torch.Tensor) -> torch.Tensor:
+    """N x C x H x W -> (N H W) x C, one row per pixel."""
+    return image.movedim(1, -1).reshape(-1, image.shape[1])
+
+
+def _image(pixels: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+    """The inverse of `_pixels` for an image of `shape` (N x C x H x W)."""
+    return pixels.reshape(shape[0], *shape[2:], -1).movedim(-1, 1)
 
 
 class PointwiseMLP(nn.Module):
@@ -156,10 +169,13 @@ class SpeUAE(ModelMixin, ConfigMixin):
         context: int = 1,
         normalize_intensity: bool = False,
         refine_steps: int = 0,
+        refine_block: int = 1,
     ) -> None:
         super().__init__()
         if refine_steps < 0 or (refine_steps and context > 1):
             raise ValueError(f"refine_steps must be >= 0, and 0 with context > 1 (got {refine_steps}, context {context})")
+        if refine_block < 1:
+            raise ValueError(f"refine_block must be >= 1 (pixels per side of a shared-Jacobian block), got {refine_block}")
         if camera_response is None or wavelengths is None:
             camera = CameraResponse.from_preset(camera_name)
             self.register_to_config(camera_response=camera.matrix.tolist(), wavelengths=list(camera.grid.wavelengths),
@@ -252,27 +268,61 @@ class SpeUAE(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def _refine(self, code: torch.Tensor, u: torch.Tensor, features: torch.Tensor, steps: int) -> torch.Tensor:
         """`steps` Gauss-Newton steps on every pixel's code, towards the least-squares fit of the decoder's output
-        to `u` (as the MLPs see both), pixel by pixel in cache-sized chunks; codes stay in [-1, 1]."""
-        flat = [t.movedim(1, -1).reshape(-1, t.shape[1]).to(self.dtype) for t in (code, features, u)]
-        chunks = zip(*(t.split(INFERENCE_CHUNK) for t in flat))
-        with torch.autocast(code.device.type, enabled=False):  # in the model's precision: solve has no half kernels
-            refined = torch.cat([self._gauss_newton(z, f, target, steps) for z, f, target in chunks])
-        return refined.to(code.dtype).reshape(code.shape[0], *code.shape[2:], -1).movedim(-1, 1)
+        to `u` (as the MLPs see both); codes stay in [-1, 1]. Runs in the model's precision (autocast off):
+        solve has no half kernels."""
+        dtype, block = code.dtype, self.config.refine_block
+        code, u, features = (t.to(self.dtype) for t in (code, u, features))
+        with torch.autocast(code.device.type, enabled=False):
+            for _ in range(steps):
+                if block == 1:  # exact: value and Jacobian in one pass, pixel by pixel in cache-sized chunks
+                    flat = [_pixels(t) for t in (code, features, u)]
+                    steps_ = torch.cat([self._gauss_newton_step(*chunk) for chunk in
+                                        zip(*(t.split(INFERENCE_CHUNK) for t in flat))])
+                    step = _image(steps_, code.shape)
+                else:
+                    step = self._block_gauss_newton_step(code, features, u, block)
+                code = (code + step).clamp(-1, 1)
+        return code.to(dtype)
 
-    def _gauss_newton(self, code: torch.Tensor, features: torch.Tensor, target: torch.Tensor, steps: int) -> torch.Tensor:
-        """Flat pixels: code += (JᵀJ)⁻¹ Jᵀ (target - decoder(code)), J the decoder's k columns of derivatives (a
-        whisker of damping keeps flat directions solvable)."""
-        k = code.shape[1]
-        for _ in range(steps):
-            residual, jac = self.decoder.value_and_jacobian(torch.cat([code, features], dim=1), wrt=k)
-            residual = target - residual - self.linear_decoder(code)
-            jac = (jac + self.linear_decoder.weight.T).mT  # P x (B-3) x k
-            normal = jac.mT @ jac
-            damping = 1e-6 * normal.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)[:, None, None]
-            step = torch.linalg.solve(normal + damping * torch.eye(k, dtype=code.dtype, device=code.device),
-                                      jac.mT @ residual[..., None])
-            code = (code + step[..., 0]).clamp(-1, 1)
-        return code
+    def _decoder_jacobian(self, code: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat pixels -> (the MLPs' û, d û / d code as P x k x (B-3)), û including the linear part."""
+        value, jac = self.decoder.value_and_jacobian(torch.cat([code, features], dim=1), wrt=code.shape[1])
+        return value + self.linear_decoder(code), jac + self.linear_decoder.weight.T
+
+    @staticmethod
+    def _normal_matrix(jac: torch.Tensor) -> torch.Tensor:
+        """JᵀJ for every pixel's J (given as P x k x (B-3)), with a whisker of damping so flat directions stay
+        solvable."""
+        normal = jac @ jac.mT
+        damping = 1e-6 * normal.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
+        return normal + damping[:, None, None] * torch.eye(normal.shape[-1], dtype=jac.dtype, device=jac.device)
+
+    def _gauss_newton_step(self, code: torch.Tensor, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Flat pixels: (JᵀJ)⁻¹ Jᵀ (target - û(code)), each pixel with its own Jacobian."""
+        value, jac = self._decoder_jacobian(code, features)
+        return torch.linalg.solve(self._normal_matrix(jac), jac @ (target - value)[..., None])[..., 0]
+
+    def _block_gauss_newton_step(self, code: torch.Tensor, features: torch.Tensor, target: torch.Tensor,
+                                 block: int) -> torch.Tensor:
+        """Images: the same step with one Jacobian per block x block pixels, taken at the block's mean code and
+        RGB features (edges replicated to whole blocks); every pixel keeps its own residual."""
+        n, k, height, width = code.shape
+        pad = (0, -width % block, 0, -height % block)
+        pooled = [F.avg_pool2d(F.pad(t, pad, mode="replicate"), block) for t in (code, features)]
+        flat = [_pixels(t) for t in pooled]
+        jac = torch.cat([self._decoder_jacobian(*chunk)[1] for chunk in zip(*(t.split(INFERENCE_CHUNK) for t in flat))])
+        maps = torch.linalg.inv(self._normal_matrix(jac)) @ jac  # (JᵀJ)⁻¹Jᵀ per block: k x (B-3)
+        rows, cols = pooled[0].shape[2:]
+        maps = maps.view(n, rows, cols, k, -1)
+        residual = target - self._unobservable_mlp(code, features)
+        residual = F.pad(residual, pad, mode="replicate").view(n, -1, rows, block, cols, block)
+        step = torch.einsum("nrckb,nbrycx->nkrycx", maps, residual).reshape(n, k, rows * block, cols * block)
+        return step[:, :, :height, :width]
+
+    def _unobservable_mlp(self, code: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """û as the MLPs produce it (scaled, intensity-normalised): linear part + RGB-conditioned residual."""
+        linear = self.linear_decoder(code.movedim(1, -1)).movedim(-1, 1)
+        return linear + self.decoder(torch.cat([code, features], dim=1))
 
     @apply_forward_hook
     def decode_unobservable(self, code: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
@@ -280,9 +330,7 @@ class SpeUAE(ModelMixin, ConfigMixin):
         self._check(code, self.config.code_channels, "decode")
         self._check(rgb, 3, "decode (rgb)")
         intensity = self._intensity(rgb)
-        linear = self.linear_decoder(code.movedim(1, -1)).movedim(-1, 1)
-        u = linear + self.decoder(torch.cat([code, self._rgb_features(rgb, intensity)], dim=1))
-        u = u / self.config.unobservable_scale
+        u = self._unobservable_mlp(code, self._rgb_features(rgb, intensity)) / self.config.unobservable_scale
         return u if intensity is None else u * intensity
 
     @apply_forward_hook
