@@ -276,9 +276,9 @@ class SpeUAE(ModelMixin, ConfigMixin):
             for _ in range(steps):
                 if block == 1:  # exact: value and Jacobian in one pass, pixel by pixel in cache-sized chunks
                     flat = [_pixels(t) for t in (code, features, u)]
-                    steps_ = torch.cat([self._gauss_newton_step(*chunk) for chunk in
-                                        zip(*(t.split(INFERENCE_CHUNK) for t in flat))])
-                    step = _image(steps_, code.shape)
+                    per_pixel = torch.cat([self._gauss_newton_step(*chunk) for chunk in
+                                           zip(*(t.split(INFERENCE_CHUNK) for t in flat))])
+                    step = _image(per_pixel, code.shape)
                 else:
                     step = self._block_gauss_newton_step(code, features, u, block)
                 code = (code + step).clamp(-1, 1)
