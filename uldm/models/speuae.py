@@ -273,15 +273,14 @@ class SpeUAE(ModelMixin, ConfigMixin):
         dtype, block = code.dtype, self.config.refine_block
         code, u, features = (t.to(self.dtype) for t in (code, u, features))
         with torch.autocast(code.device.type, enabled=False):
-            for _ in range(steps):
-                if block == 1:  # exact: value and Jacobian in one pass, pixel by pixel in cache-sized chunks
-                    flat = [_pixels(t) for t in (code, features, u)]
-                    per_pixel = torch.cat([self._gauss_newton_step(*chunk) for chunk in
-                                           zip(*(t.split(INFERENCE_CHUNK) for t in flat))])
-                    step = _image(per_pixel, code.shape)
-                else:
-                    step = self._block_gauss_newton_step(code, features, u, block)
-                code = (code + step).clamp(-1, 1)
+            if block == 1:  # exact: pixel by pixel in cache-sized chunks, every step on a chunk before the next
+                flat = [_pixels(t) for t in (code, features, u)]
+                refined = torch.cat([self._gauss_newton(*chunk, steps) for chunk in
+                                     zip(*(t.split(INFERENCE_CHUNK) for t in flat))])
+                code = _image(refined, code.shape)
+            else:
+                for _ in range(steps):
+                    code = (code + self._block_gauss_newton_step(code, features, u, block)).clamp(-1, 1)
         return code.to(dtype)
 
     def _decoder_jacobian(self, code: torch.Tensor, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -297,10 +296,14 @@ class SpeUAE(ModelMixin, ConfigMixin):
         damping = 1e-6 * normal.diagonal(dim1=1, dim2=2).mean(dim=1).clamp_min(1e-12)
         return normal + damping[:, None, None] * torch.eye(normal.shape[-1], dtype=jac.dtype, device=jac.device)
 
-    def _gauss_newton_step(self, code: torch.Tensor, features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Flat pixels: (JᵀJ)⁻¹ Jᵀ (target - û(code)), each pixel with its own Jacobian."""
-        value, jac = self._decoder_jacobian(code, features)
-        return torch.linalg.solve(self._normal_matrix(jac), jac @ (target - value)[..., None])[..., 0]
+    def _gauss_newton(self, code: torch.Tensor, features: torch.Tensor, target: torch.Tensor, steps: int) -> torch.Tensor:
+        """Flat pixels: `steps` times code += (JᵀJ)⁻¹ Jᵀ (target - û(code)), each pixel with its own Jacobian (value
+        and Jacobian in one forward-mode pass)."""
+        for _ in range(steps):
+            value, jac = self._decoder_jacobian(code, features)
+            step = torch.linalg.solve(self._normal_matrix(jac), jac @ (target - value)[..., None])[..., 0]
+            code = (code + step).clamp(-1, 1)
+        return code
 
     def _block_gauss_newton_step(self, code: torch.Tensor, features: torch.Tensor, target: torch.Tensor,
                                  block: int) -> torch.Tensor:
