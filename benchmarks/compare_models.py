@@ -12,13 +12,14 @@ R2H-Diff pipeline twice, as trained and projected onto Φŝ = c, so the projecti
 What the cost columns count (all at one 256 x 256 image, batch 1, on this machine's CPU threads; `--cost-size`
 changes the size, e.g. for a quick check):
 - params: the parameters of every nn.Module component of a pipeline (ULDM: UNet, whole VAE, whole SpeUAE,
-  prompt embedding; R2H-Diff: the network), or the 7 x 31 regression weights of the baseline.
+  prompt embedding, code prior if any; R2H-Diff: the network), or the 7 x 31 regression weights of the baseline.
 - GFLOP/step: one forward of the denoiser (ULDM: the UNet on 256/f x 256/f latents, f the VAE's downsampling
   (8 for SD, 4 for the shipped small VAE); R2H-Diff: the network on
   the 256 x 256 cube), measured as FlopCounterMode(pipeline with 2 steps) − FlopCounterMode(pipeline with 1 step).
 - GFLOP/image: FlopCounterMode over the whole pipeline call at the chosen steps and ensemble size, so everything
   that runs is counted: ULDM = VAE encoder (RGB condition, once per image) + steps x UNet + VAE decoder +
-  SpeUAE decoder (both per member); R2H-Diff = steps x network (+ the 3 x 31 projection matmuls if on).
+  SpeUAE decoder (both per member) + the code prior and SpeUAE encoder (once per image, if a prior);
+  R2H-Diff = steps x network (+ the 3 x 31 projection matmuls if on).
   The baseline's is counted by hand in the same convention: its 7 x 31 matmul, 2 x 7 x 31 per pixel.
 - FlopCounterMode counts a multiply-add as 2 FLOPs and only matmuls and convolutions (not activations,
   softmax or norms); papers in this field quote multiply-accumulates (fvcore): divide by 2 to compare.

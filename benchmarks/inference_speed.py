@@ -60,7 +60,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"{'dtype':>6} {'offload':>8} {'batch':>6} {'images/s':>9} {'s/image':>8} {'peak GiB':>9}")
     for dtype_name in args.dtype:
         for offload in ([False, True] if args.offload and device.type == "cuda" else [False]):
-            pipeline = load_pipeline(args.checkpoint, torch_dtype=DTYPES[dtype_name])
+            pipeline = load_pipeline(args.checkpoint, dtype=DTYPES[dtype_name])
             if offload:
                 pipeline.enable_model_cpu_offload()
             else:

@@ -11,13 +11,16 @@ from __future__ import annotations
 import argparse
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 
 from uldm.data import cave_split, default_cave_root, read_scene
 from uldm.metrics import evaluate_cube, format_table, mean_metrics
+from uldm.baseline import RootPolynomialRegression
 from uldm.models import SpeUAE
+from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code, residual_to_code
 from uldm.nullspace import ObservableSplit
 
 
@@ -72,20 +75,36 @@ def fit_latent(vae, latent: torch.Tensor, code: torch.Tensor, steps: int, lr: fl
     return latent.detach()
 
 
-def spaae_model(model: SpeUAE, vae, fit_steps: int = 0):
-    """Code through the VAE (encode, posterior mean, decode) before decoding: the ULDM's ceiling. With `fit_steps`
-    (diagnostic), the latent is then fitted to the code (`fit_latent`): what the ceiling would be if the VAE
-    encoder picked the best latent its decoder can use."""
+def prior_model(model: SpeUAE, prior: RootPolynomialPrior):
+    """The prior's code, decoded: what a ULDM with that prior gives when its diffusion model adds nothing."""
+
+    @torch.no_grad()
+    def round_trip(cube: np.ndarray) -> np.ndarray:
+        rgb = model.split.render(as_batch(cube), dim=1)
+        return as_cube(model.decode(prior_code(prior, model, rgb), rgb))
+
+    return round_trip
+
+
+def spaae_model(model: SpeUAE, vae, fit_steps: int = 0, prior: Optional[RootPolynomialPrior] = None, scale: float = 1.0):
+    """Code through the VAE (encode, posterior mean, decode) before decoding: the ULDM's ceiling. With a `prior`,
+    the VAE carries the code's residual from the prior's code times `scale`, as in a ULDM trained with that prior.
+    With `fit_steps` (diagnostic), the latent is then fitted to the VAE's target image (`fit_latent`): what the
+    ceiling would be if the VAE encoder picked the best latent its decoder can use."""
 
     def round_trip(cube: np.ndarray) -> np.ndarray:
         hsi = as_batch(cube)
         rgb = model.split.render(hsi, dim=1)
         with torch.no_grad():
             code = model.encode(hsi, rgb)  # with the model's own refine_steps
-            latent = vae.encode(code).latent_dist.mode()
-        latent = fit_latent(vae, latent, code, fit_steps) if fit_steps else latent
+            anchor = None if prior is None else prior_code(prior, model, rgb)
+            target = code if anchor is None else code_to_residual(code, anchor, scale)
+            latent = vae.encode(target).latent_dist.mode()
+        latent = fit_latent(vae, latent, target, fit_steps) if fit_steps else latent
         with torch.no_grad():
-            return as_cube(model.decode(vae.decode(latent).sample.clamp(-1, 1), rgb))
+            decoded = vae.decode(latent).sample.clamp(-1, 1)
+            code = decoded if anchor is None else residual_to_code(decoded, anchor, scale)
+            return as_cube(model.decode(code, rgb))
 
     return round_trip
 
@@ -115,6 +134,10 @@ def main() -> None:
     parser.add_argument("--vae-fit-steps", type=int, default=0,
                         help="with --vae, also score latents fitted to the code by this many Adam steps (diagnostic: "
                              "how much of the VAE's ceiling is its encoder's choice of latent)")
+    parser.add_argument("--prior", type=Path,
+                        help="a root-polynomial baseline (.npz from `uldm baseline fit`): also score its code alone and, "
+                             "with --vae, the VAE carrying the code's residual from it (the ULDM with a code prior)")
+    parser.add_argument("--residual-scale", type=float, default=3.0, help="the residual's scale before the VAE")
     parser.add_argument("--per-scene", action="store_true", help="also print every model's per-scene table")
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="scenes to score (train: how well the models fit what they were fitted on)")
@@ -143,11 +166,17 @@ def main() -> None:
         block = model.config.refine_block
         models[f"SpeUAE, encoder + {refine_steps} Gauss-Newton step(s), Jacobian per {block}x{block}"] = speuae_model(
             model, refine_steps)
+    prior = None if args.prior is None else RootPolynomialPrior.from_regression(RootPolynomialRegression.load(args.prior))
+    if prior is not None:
+        models["prior's code (root-polynomial spectra, encoded)"] = prior_model(model, prior)
     if args.vae is not None:
         from diffusers import AutoencoderKL
 
         vae = AutoencoderKL.from_pretrained(args.vae).eval().requires_grad_(False)
         models["SpeUAE + SpaAE (VAE round trip)"] = spaae_model(model, vae)
+        if prior is not None:
+            models[f"SpeUAE + SpaAE carrying {args.residual_scale:g} x the residual from the prior's code"] = spaae_model(
+                model, vae, prior=prior, scale=args.residual_scale)
         if args.vae_fit_steps:
             models[f"SpeUAE + SpaAE, latents fitted ({args.vae_fit_steps} Adam steps)"] = spaae_model(
                 model, vae, args.vae_fit_steps)

@@ -137,6 +137,20 @@ def make_output(spectra: torch.Tensor, uncertainty: torch.Tensor, code: Optional
 
 
 # ---------------------------------------------------------------------------------------------- loading
+def dtype_argument_for_diffusers(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`dtype=` or `torch_dtype=` renamed to what the installed diffusers takes: `dtype` from 0.40 on (it warns
+    that `torch_dtype` is deprecated), `torch_dtype` before."""
+    kwargs = dict(kwargs)
+    if "dtype" in kwargs and "torch_dtype" in kwargs:
+        raise ValueError("pass one of `dtype` and `torch_dtype`, not both")
+    value = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
+    if value is not None:
+        from diffusers.utils import deprecation_utils
+
+        kwargs["dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"] = value
+    return kwargs
+
+
 class SpectralPipelineMixin:
     """Loading and publishing for uldm pipelines; list it before `DiffusionPipeline` in the bases.
 
@@ -151,15 +165,15 @@ class SpectralPipelineMixin:
                         cache_dir: Optional[str] = None, local_files_only: bool = False, token: Optional[str] = None,
                         **kwargs: Any):
         """A local folder or a hub repo id. Hub repos are fetched with huggingface_hub first (diffusers will not
-        download pipelines whose components come from another library), then loaded locally; `torch_dtype`,
-        `variant` and other diffusers arguments pass through. Weights are realigned so that a saved-then-loaded
-        pipeline gives bit-identical results (see `uldm.models.alignment`)."""
+        download pipelines whose components come from another library), then loaded locally; `dtype` (or its
+        older name `torch_dtype`), `variant` and other diffusers arguments pass through. Weights are realigned so
+        that a saved-then-loaded pipeline gives bit-identical results (see `uldm.models.alignment`)."""
         from uldm.hub import resolve_pretrained
         from uldm.models.alignment import realign_weights
 
         folder = resolve_pretrained(str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
                                     local_files_only=local_files_only, token=token)
-        pipeline = super().from_pretrained(str(folder), **kwargs)
+        pipeline = super().from_pretrained(str(folder), **dtype_argument_for_diffusers(kwargs))
         realign_weights(*(c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)))
         return pipeline
 

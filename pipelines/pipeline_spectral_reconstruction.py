@@ -8,6 +8,8 @@
 
 The UNet denoises the SpeUAE code latent next to the RGB latent; the VAE decodes the code image; SpeUAE turns
 code + RGB into spectra Φ⁺c + N û, which re-render to the input RGB exactly (`rgb_error` reports how exactly).
+With a `code_prior` (optional component), the latent is that of the code's residual from the prior's code
+(scaled by `code_residual_scale`), and the pipeline adds the prior's code back before SpeUAE decodes.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
+from uldm.models.code_prior import RootPolynomialPrior, prior_code, residual_to_code
 from uldm.models.sd_adapter import PromptEmbedding
 from uldm.models.speuae import SpeUAE
 
@@ -43,10 +46,12 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
 
     Components: `unet` (SD UNet with conv_in widened to [RGB latent, code latent]), `vae` (the SpaAE),
     `scheduler` (DDIM with trailing spacing: 1 step starts at t=999), `speuae` (stage 1) and
-    `prompt_embedding` (the empty prompt, encoded once: no text encoder at inference).
+    `prompt_embedding` (the empty prompt, encoded once: no text encoder at inference) and, optionally,
+    `code_prior` (a per-pixel regression whose code the diffusion model corrects; see `uldm.models.code_prior`).
     """
 
-    model_cpu_offload_seq = "vae->unet->speuae"
+    model_cpu_offload_seq = "vae->unet->code_prior->speuae"
+    _optional_components = ["code_prior"]
     model_card_name = "ULDM spectral reconstruction"
 
     def __init__(
@@ -56,19 +61,25 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         scheduler: SchedulerMixin,
         speuae: SpeUAE,
         prompt_embedding: PromptEmbedding,
+        code_prior: Optional[RootPolynomialPrior] = None,
         default_denoising_steps: int = 4,
         default_processing_resolution: int = 0,
         default_ensemble_size: int = 1,
+        code_residual_scale: float = 1.0,
     ) -> None:
         super().__init__()
+        if code_residual_scale <= 0:
+            raise ValueError(f"code_residual_scale must be > 0, got {code_residual_scale}")
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, speuae=speuae,
-                              prompt_embedding=prompt_embedding)
+                              prompt_embedding=prompt_embedding, code_prior=code_prior)
         self.register_to_config(default_denoising_steps=default_denoising_steps,
                                 default_processing_resolution=default_processing_resolution,
-                                default_ensemble_size=default_ensemble_size)
+                                default_ensemble_size=default_ensemble_size,
+                                code_residual_scale=code_residual_scale)
 
     def model_card_training(self) -> str:
-        return f"SpeUAE camera {self.camera.name}; UNet {self.unet.config.block_out_channels}"
+        prior = "" if self.code_prior is None else f"; code prior: root-polynomial, residual x{self.config.code_residual_scale:g}"
+        return f"SpeUAE camera {self.camera.name}; UNet {self.unet.config.block_out_channels}{prior}"
 
     # ------------------------------------------------------------------------------------------ helpers
     @property
@@ -89,11 +100,20 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         latent = self.vae.encode((rgb * 2 - 1).to(self.vae.dtype)).latent_dist.mode()
         return (latent * self.vae.config.scaling_factor).to(self.unet.dtype)
 
-    def decode_code(self, latent: torch.Tensor) -> torch.Tensor:
-        """Latents -> code image in [-1, 1] (each component runs in its own dtype: mixed-precision training
-        keeps a bf16/fp16 VAE beside an fp32 UNet)."""
+    def decode_latents(self, latent: torch.Tensor) -> torch.Tensor:
+        """Latents -> the VAE's image in [-1, 1]: the code, or with a prior the scaled residual (each component
+        runs in its own dtype: mixed-precision training keeps a bf16/fp16 VAE beside an fp32 UNet)."""
         latent = (latent / self.vae.config.scaling_factor).to(self.vae.dtype)
         return self.vae.decode(latent).sample.clamp(-1, 1)
+
+    def add_prior(self, decoded: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """VAE images -> codes: unchanged without a prior, else prior code + residual / scale (the members of an
+        ensemble share their image's prior code)."""
+        if self.code_prior is None:
+            return decoded
+        prior = prior_code(self.code_prior, self.speuae, rgb)
+        prior = prior.repeat_interleave(len(decoded) // len(prior), dim=0)
+        return residual_to_code(decoded, prior, self.config.code_residual_scale)
 
     # ---------------------------------------------------------------------------------------------- call
     @torch.no_grad()
@@ -167,15 +187,16 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
                 noise_pred = self.unet(model_input, t, encoder_hidden_states=text.expand(len(sample), -1, -1),
                                        return_dict=False)[0]
                 sample = self.scheduler.step(noise_pred, t, sample, generator=None, return_dict=False)[0]
-            results.append(self.decode_code(sample))
+            results.append(self.decode_latents(sample))
         codes = torch.cat(results)[..., :proc_h, :proc_w].float()
 
-        # 6. Code images to the output size; spectra from code + RGB at that size
+        # 6. VAE images to the output size, the prior's code added there (if any); spectra from code + RGB
         if match_input_resolution:
             codes = resize_to(codes, (height, width))
             rgb_out = rgb_full
         else:
             rgb_out = rgb
+        codes = self.add_prior(codes, rgb_out).float()
         rgb_members = rgb_out.repeat_interleave(ensemble, dim=0)
         speuae_dtype = self.speuae.linear_decoder.weight.dtype
         u = self.speuae.decode_unobservable(codes.to(speuae_dtype), rgb_members.to(speuae_dtype)).float()

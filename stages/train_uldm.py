@@ -21,8 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from uldm.baseline import RootPolynomialRegression
+from uldm.degradation import Degradation
 from uldm.models import SpeUAE
-from uldm.models.sd_adapter import StableDiffusionLoadError, load_stable_diffusion
+from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code
+from uldm.models.sd_adapter import StableDiffusionLoadError, StableDiffusionParts, load_stable_diffusion
 from uldm.training import (
     averaged_weights,
     build_ema,
@@ -44,15 +47,20 @@ from uldm.training import (
 )
 
 
+CODE_PRIORS = ("none", "root_polynomial")
+
+
 @dataclass
 class ULDMConfig(TrainConfig):
-    pretrained_model_name_or_path: Optional[str] = None  # hub id or local SD folder (required)
+    pretrained_model_name_or_path: Optional[str] = None  # hub id or local SD folder, or a ULDM pipeline to go on from (required)
     revision: Optional[str] = None
     variant: Optional[str] = None
     speuae_path: Optional[str] = None  # stage-1 output folder (required)
     learning_rate: float = 5e-5
     train_vae_decoder: bool = False  # also fine-tune the VAE decoder to reproduce code images
     vae_learning_rate: float = 1e-5
+    code_prior: str = "none"  # "root_polynomial": the diffusion model generates the code's residual from that regression's
+    code_residual_scale: float = 3.0  # the residual is multiplied by this before the VAE (so it fills [-1, 1])
     precompute_latents: bool = False  # encode code/RGB latents once to <output_dir>/latent_cache, reuse every epoch
     latent_cache_epochs: int = 2  # distinct epochs of patches cached; training cycles through them
     gradient_checkpointing: bool = False
@@ -74,6 +82,10 @@ class ULDMConfig(TrainConfig):
         if self.augments:
             raise ConfigError("mix_probability / tilt_std / gain_std are not wired into stage 2 (its batches may be "
                               "cached latents); they augment stage 1 and R2H-Diff")
+        if self.code_prior not in CODE_PRIORS:
+            raise ConfigError(f"code_prior must be one of {CODE_PRIORS}, got {self.code_prior!r}")
+        if self.code_residual_scale <= 0:
+            raise ConfigError(f"code_residual_scale must be > 0, got {self.code_residual_scale}")
         if self.precompute_latents and self.train_vae_decoder:
             raise ConfigError("precompute_latents cannot be combined with train_vae_decoder (the decoder needs codes)")
         if self.push_to_hub and not self.hub_model_id:
@@ -105,10 +117,18 @@ def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor
 
 
 @torch.no_grad()
-def encode_latents(vae, speuae, hsi: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def vae_target(speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None, scale: float = 1.0) -> torch.Tensor:
+    """The image the VAE carries: the code, or with a prior the code's scaled residual from the prior's code."""
+    code = speuae.encode(hsi, rgb)
+    return code if prior is None else code_to_residual(code, prior_code(prior, speuae, rgb), scale)
+
+
+@torch.no_grad()
+def encode_latents(vae, speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None,
+                   scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(code latent mean, its std, RGB condition latent), all scaled: everything stage 2 needs from a patch."""
     scaling = vae.config.scaling_factor
-    posterior = vae.encode(speuae.encode(hsi, rgb).to(vae.dtype)).latent_dist
+    posterior = vae.encode(vae_target(speuae, hsi, rgb, prior, scale).to(vae.dtype)).latent_dist
     condition = vae.encode((rgb * 2 - 1).to(vae.dtype)).latent_dist.mode()
     return posterior.mean * scaling, posterior.std * scaling, condition * scaling
 
@@ -125,9 +145,10 @@ def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, condition: torc
     return F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
 
 
-def build_pipeline(unet, vae, noise_scheduler, speuae, empty_prompt, **defaults):
+def build_pipeline(unet, vae, noise_scheduler, speuae, empty_prompt, code_prior=None, **defaults):
     """The inference pipeline from the current components: DDIM with trailing spacing (1 step starts at t=999).
-    `defaults`: default_denoising_steps / default_processing_resolution / default_ensemble_size."""
+    `defaults`: default_denoising_steps / default_processing_resolution / default_ensemble_size /
+    code_residual_scale."""
     from diffusers import DDIMScheduler
 
     from uldm.pipelines import SpectralReconstructionPipeline
@@ -135,18 +156,55 @@ def build_pipeline(unet, vae, noise_scheduler, speuae, empty_prompt, **defaults)
     scheduler = DDIMScheduler.from_config(noise_scheduler.config, timestep_spacing="trailing", clip_sample=False,
                                           set_alpha_to_one=False, steps_offset=0)
     return SpectralReconstructionPipeline(unet=unet, vae=vae, scheduler=scheduler, speuae=speuae,
-                                          prompt_embedding=empty_prompt, **defaults)
+                                          prompt_embedding=empty_prompt, code_prior=code_prior, **defaults)
 
 
-def pipeline_defaults(config: ULDMConfig) -> dict[str, int]:
+def pipeline_defaults(config: ULDMConfig) -> dict[str, float]:
     return {"default_denoising_steps": config.default_denoising_steps,
             "default_processing_resolution": config.default_processing_resolution,
-            "default_ensemble_size": config.default_ensemble_size}
+            "default_ensemble_size": config.default_ensemble_size,
+            "code_residual_scale": config.code_residual_scale if config.code_prior != "none" else 1.0}
+
+
+def build_code_prior(config: ULDMConfig, camera) -> Optional[RootPolynomialPrior]:
+    """The root-polynomial regression fitted on every pixel of the training scenes (None without a prior)."""
+    if config.code_prior == "none":
+        return None
+    regression = RootPolynomialRegression.fit_scenes(scene_paths(config, config.train_scenes), camera,
+                                                     Degradation.from_config(config.degradation),
+                                                     format=config.data_format, seed=config.seed)
+    return RootPolynomialPrior.from_regression(regression)
+
+
+def load_uldm_parts(folder: Path) -> StableDiffusionParts:
+    """UNet, VAE, noise scheduler and prompt of a trained ULDM pipeline folder, to go on training it (the UNet is
+    already widened; the scheduler is the training form of the pipeline's DDIM)."""
+    from diffusers import DDPMScheduler
+
+    from uldm.pipelines import SpectralReconstructionPipeline
+
+    pipeline = SpectralReconstructionPipeline.from_pretrained(folder)
+    return StableDiffusionParts(unet=pipeline.unet, vae=pipeline.vae, empty_prompt=pipeline.prompt_embedding,
+                                noise_scheduler=DDPMScheduler.from_config(pipeline.scheduler.config))
+
+
+def is_uldm_pipeline(folder: Path) -> bool:
+    import json
+
+    try:
+        return json.loads((folder / "model_index.json").read_text()).get("_class_name") == "SpectralReconstructionPipeline"
+    except (OSError, ValueError):
+        return False
 
 
 def load_components(config: ULDMConfig):
+    folder = Path(config.pretrained_model_name_or_path)
     try:
-        parts = load_stable_diffusion(config.pretrained_model_name_or_path, revision=config.revision, variant=config.variant)
+        if is_uldm_pipeline(folder):
+            parts = load_uldm_parts(folder)
+        else:
+            parts = load_stable_diffusion(config.pretrained_model_name_or_path, revision=config.revision,
+                                          variant=config.variant)
     except StableDiffusionLoadError as exc:
         raise ConfigError(f"pretrained_model_name_or_path: {exc}") from exc
     speuae_folder = Path(config.speuae_path)
@@ -185,13 +243,18 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     else:
         vae.to(accelerator.device, dtype=weight_dtype)
     speuae.to(accelerator.device)
+    code_prior = build_code_prior(config, speuae.camera)
+    if code_prior is not None:
+        code_prior.to(accelerator.device)
+    residual_scale = pipeline_defaults(config)["code_residual_scale"]
 
     # 2. data: seeded random patches of spectra, RGB rendered with SpeUAE's camera (or their cached latents)
     dataset, sampler, loader = build_train_loader(config, speuae.camera)
     val_scenes = scene_paths(config, config.val_scenes)
 
     def encode(hsi: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return encode_latents(vae, speuae, hsi.to(accelerator.device), rgb.to(accelerator.device))
+        return encode_latents(vae, speuae, hsi.to(accelerator.device), rgb.to(accelerator.device), code_prior,
+                              residual_scale)
 
     if config.precompute_latents:
         from uldm.latent_cache import LatentCacheDataset, build_latent_cache, weights_digest
@@ -230,8 +293,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
         loss = denoising_loss(unet, noise_scheduler, latents, condition.float(), text)
         if decoder_loss is None:
             return loss, {}
-        with torch.no_grad():
-            code = speuae.encode(batch["hsi"], batch["rgb"])
+        code = vae_target(speuae, batch["hsi"], batch["rgb"], code_prior, residual_scale)
         code_loss = models[1](latents, code)
         return loss + code_loss, {"train/vae_decoder_l1": code_loss.item()}
 
@@ -241,7 +303,8 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
             return {}
         with averaged_weights(ema, unwrapped):
             unwrapped.eval()
-            pipeline = build_pipeline(unwrapped, frozen_vae, noise_scheduler, speuae, empty_prompt, **pipeline_defaults(config))
+            pipeline = build_pipeline(unwrapped, frozen_vae, noise_scheduler, speuae, empty_prompt, code_prior,
+                                      **pipeline_defaults(config))
             metrics = validate_pipeline(pipeline, val_scenes, data_format=config.data_format,
                                         num_inference_steps=config.validation_inference_steps,
                                         trackers=accelerator.trackers, step=current)
@@ -260,7 +323,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     accelerator.wait_for_everyone()
     unet = final_model(accelerator, unet, ema)
     pipeline = build_pipeline(unet.eval(), frozen_vae.to(torch.float32), noise_scheduler, speuae, empty_prompt,
-                              **pipeline_defaults(config))
+                              code_prior, **pipeline_defaults(config))
     if accelerator.is_main_process:
         folder = save_pretrained_atomic(pipeline, output_dir / "pipeline")
         accelerator.print(f"saved {folder} after {step} steps ({seconds:.0f} s this run, "

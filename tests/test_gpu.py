@@ -50,9 +50,23 @@ def tiny_uldm_dir(tiny_pipeline, tmp_path) -> Path:
     return tmp_path / "uldm"
 
 
-@pytest.mark.parametrize("family", ["uldm", "r2hdiff"])
-def test_model_cpu_offload_gives_the_on_gpu_result(family, tiny_uldm_dir, tiny_r2h_dir, rgb):
+@pytest.fixture
+def tiny_uldm_prior_dir(tiny_pipeline, tmp_path) -> Path:
+    """The tiny ULDM with a code prior (random regression weights): the prior runs between the UNet and SpeUAE."""
+    from uldm.models.code_prior import RootPolynomialPrior
+
+    torch.manual_seed(0)
+    prior = RootPolynomialPrior()
+    prior.weights.data.uniform_(0.0, 0.1)
+    pipe = SpectralReconstructionPipeline(**{**tiny_pipeline.components, "code_prior": prior}, code_residual_scale=3.0)
+    pipe.save_pretrained(tmp_path / "uldm-prior")
+    return tmp_path / "uldm-prior"
+
+
+@pytest.mark.parametrize("family", ["uldm", "uldm_prior", "r2hdiff"])
+def test_model_cpu_offload_gives_the_on_gpu_result(family, tiny_uldm_dir, tiny_uldm_prior_dir, tiny_r2h_dir, rgb):
     pipeline_class, folder = {"uldm": (SpectralReconstructionPipeline, tiny_uldm_dir),
+                              "uldm_prior": (SpectralReconstructionPipeline, tiny_uldm_prior_dir),
                               "r2hdiff": (R2HDiffPipeline, tiny_r2h_dir)}[family]
     on_gpu = run(pipeline_class.from_pretrained(folder).to("cuda"), rgb)
     offloaded = pipeline_class.from_pretrained(folder)
@@ -84,7 +98,7 @@ def test_half_precision_of_the_shipped_models_stays_rgb_exact_and_near_fp32(chec
     image = full_pipe.camera.render(cube).astype(np.float32)
     kwargs = {"rgb_consistent": True} if checkpoint.startswith("r2h") else {}
     full = run(full_pipe, image, **kwargs)
-    half_pipe = load_pipeline(folder, torch_dtype=dtype).to("cuda")
+    half_pipe = load_pipeline(folder, dtype=dtype).to("cuda")
     half = run(half_pipe, image, **kwargs)
     agreement, quality_full, quality_half = psnr(half.spectra[0], full.spectra[0]), psnr(full.spectra[0], cube), \
         psnr(half.spectra[0], cube)

@@ -1,5 +1,7 @@
 """SpectralReconstructionPipeline: outputs, determinism, inputs, save/load and hub push/pull (tiny, untrained)."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -118,8 +120,14 @@ def test_save_load_round_trip_gives_identical_spectra(tiny_pipeline, rgb, tmp_pa
 
 def test_bf16_keeps_the_rgb_exact(tiny_pipeline, rgb, tmp_path):
     tiny_pipeline.save_pretrained(tmp_path / "pipe")
-    half = SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe", torch_dtype=torch.bfloat16)
+    with warnings.catch_warnings(record=True) as caught:  # the older name is accepted without diffusers' warning
+        warnings.simplefilter("always")
+        half = SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe", torch_dtype=torch.bfloat16)
+    assert not [w for w in caught if "torch_dtype" in str(w.message)]
     assert half.unet.dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="not both"):
+        SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe", dtype=torch.bfloat16,
+                                                       torch_dtype=torch.bfloat16)
     out = run(half, rgb)
     assert out.rgb_error[0] < 1e-5  # the spectra are composed in float32 with float64 bases
 
@@ -129,7 +137,7 @@ def test_fp16_variant_saves_beside_fp32_and_loads_by_name(tiny_pipeline, rgb, tm
     tiny_pipeline.to(torch.float16).save_pretrained(tmp_path / "pipe", variant="fp16")
     assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists()
     assert (tmp_path / "pipe" / "unet" / "diffusion_pytorch_model.safetensors").exists()
-    half = SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe", variant="fp16", torch_dtype=torch.float16)
+    half = SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe", variant="fp16", dtype=torch.float16)
     full = SpectralReconstructionPipeline.from_pretrained(tmp_path / "pipe")
     assert half.unet.dtype == torch.float16 and full.unet.dtype == torch.float32
     for name, tensor in half.unet.state_dict().items():  # the fp16 files hold the fp16-rounded fp32 weights

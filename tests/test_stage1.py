@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -204,6 +205,28 @@ def test_fitted_vae_latents_carry_the_code_better(load_benchmark, tiny_vae_dir):
     cube = hsi[0].permute(1, 2, 0).numpy()  # and the row built on it scores spectra that still render to the RGB
     spectra = torch.from_numpy(bench.spaae_model(model, vae, fit_steps=5)(cube))
     assert (model.split.render(spectra, dim=-1) - rgb[0].permute(1, 2, 0)).abs().max() < 1e-5
+
+
+def test_the_benchmark_scores_the_vae_carrying_the_residual_from_a_prior(load_benchmark, tiny_vae_dir):
+    from diffusers import AutoencoderKL
+
+    from uldm.baseline import RootPolynomialRegression
+    from uldm.models.code_prior import RootPolynomialPrior, prior_code
+
+    model = SpeUAE(**SMALL).eval()
+    hsi, rgb, _ = codes_the_decoder_can_match(model)
+    cube = hsi[0].permute(1, 2, 0).numpy()
+    prior = RootPolynomialPrior.from_regression(
+        RootPolynomialRegression.fit(rgb[0].permute(1, 2, 0).reshape(-1, 3).numpy(), cube.reshape(-1, 31), model.camera))
+    vae = AutoencoderKL.from_pretrained(tiny_vae_dir).eval().requires_grad_(False)  # untrained: a poor carrier
+    bench = load_benchmark("speuae_roundtrip")
+    alone, plain = bench.prior_model(model, prior)(cube), bench.spaae_model(model, vae)(cube)
+    with torch.no_grad():
+        expected = model.decode(prior_code(prior, model, rgb), rgb)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(alone, expected, atol=1e-6)
+    anchored = bench.spaae_model(model, vae, prior=prior, scale=100.0)(cube)
+    distance = lambda spectra: np.abs(spectra - alone).max()
+    assert distance(anchored) < 0.05 * distance(plain)  # what the VAE does to the residual is divided by the scale
 
 
 def test_wrong_band_count_is_rejected():

@@ -161,7 +161,8 @@ def test_bad_pretrained_path_is_reported_by_the_entry_point(tmp_path, tiny_speua
     assert "pretrained_model_name_or_path" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["uldm_cave_small.yaml", "uldm_arad_sd21.yaml"])
+@pytest.mark.parametrize("name", ["uldm_cave_small.yaml", "uldm_arad_sd21.yaml", "uldm_cave_base.yaml",
+                                  "uldm_cave_prior.yaml"])
 def test_shipped_configs_are_valid(name):
     config = load_config(ULDMConfig, REPO / "stages" / "configs" / name)
     assert config.pretrained_model_name_or_path and config.speuae_path
@@ -230,12 +231,75 @@ def test_weights_digest_follows_every_weight():
     assert full != weights_digest(a.to(torch.bfloat16))  # other precision, other latents
 
 
+@pytest.mark.slow
+def test_code_prior_is_fitted_on_the_train_split_cached_as_a_residual_and_saved(tmp_path, tiny_sd_dir, tiny_speuae_dir,
+                                                                                 tiny_cave_root):
+    from uldm.baseline import RootPolynomialRegression
+    from uldm.latent_cache import LatentCacheDataset
+    from uldm.models.code_prior import code_to_residual, prior_code
+    from uldm.stages.train_uldm import load_components
+    from uldm.training import build_train_loader, scene_paths
+
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, use_ema=False,
+                                                  max_train_steps=2, checkpointing_steps=2, validation_steps=2,
+                                                  precompute_latents=True, latent_cache_epochs=1,
+                                                  code_prior="root_polynomial", code_residual_scale=2.5))
+    pipeline = train(config)
+    _, speuae = load_components(config)
+    regression = RootPolynomialRegression.fit_scenes(scene_paths(config, config.train_scenes), speuae.camera)
+    torch.testing.assert_close(pipeline.code_prior.weights, torch.from_numpy(regression.weights).float())
+    assert pipeline.config.code_residual_scale == 2.5
+    # what the VAE encoded for a training patch is the scaled residual from the prior's code
+    parts, _ = load_components(config)
+    dataset, _, _ = build_train_loader(config, speuae.camera)
+    dataset.set_epoch(0)
+    item = dataset[3]
+    hsi, rgb = item["hsi"][None], item["rgb"][None]
+    with torch.no_grad():
+        residual = code_to_residual(speuae.encode(hsi, rgb), prior_code(pipeline.code_prior, speuae, rgb), 2.5)
+        posterior = parts.vae.encode(residual).latent_dist
+    cache = LatentCacheDataset(Path(config.output_dir) / "latent_cache", 1)
+    cache.set_epoch(0)
+    torch.testing.assert_close(cache[3]["mean"], posterior.mean[0] * parts.vae.config.scaling_factor, atol=1e-5, rtol=0)
+    # the saved pipeline keeps its prior
+    from uldm import SpectralReconstructionPipeline
+
+    loaded = SpectralReconstructionPipeline.from_pretrained(Path(config.output_dir) / "pipeline")
+    assert torch.equal(loaded.code_prior.weights, pipeline.code_prior.weights)
+
+
+@pytest.mark.slow
+def test_training_goes_on_from_a_trained_uldm_pipeline(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
+    from uldm.stages.train_uldm import load_components
+
+    first = load_config(ULDMConfig, write_config(tmp_path / "a", tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
+                                                 use_ema=False, max_train_steps=2, checkpointing_steps=2,
+                                                 validation_steps=2))
+    trained = train(first)
+    folder = Path(first.output_dir) / "pipeline"
+    second = load_config(ULDMConfig, write_config(tmp_path / "b", folder, tiny_speuae_dir, tiny_cave_root,
+                                                  use_ema=False, max_train_steps=2, checkpointing_steps=2,
+                                                  validation_steps=2, code_prior="root_polynomial"))
+    parts, _ = load_components(second)  # the trained UNet as it was: not widened again
+    assert parts.unet.config.in_channels == trained.unet.config.in_channels
+    for name, tensor in trained.unet.state_dict().items():
+        assert torch.equal(parts.unet.state_dict()[name], tensor), name
+    assert torch.equal(parts.empty_prompt.embedding, trained.prompt_embedding.embedding)
+    assert parts.noise_scheduler.config.prediction_type == trained.scheduler.config.prediction_type
+    assert train(second).code_prior is not None
+
+
 def test_refused_stage_2_combinations(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
     with pytest.raises(ConfigError, match="precompute_latents cannot be combined"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
                                              precompute_latents=True, train_vae_decoder=True))
     with pytest.raises(ConfigError, match="not wired into stage 2"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, tilt_std=0.3))
+    with pytest.raises(ConfigError, match="code_prior must be one of"):
+        load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, code_prior="mlp"))
+    with pytest.raises(ConfigError, match="code_residual_scale must be > 0"):
+        load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
+                                             code_prior="root_polynomial", code_residual_scale=0))
 
 
 @pytest.mark.slow

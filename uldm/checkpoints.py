@@ -59,7 +59,7 @@ def default_checkpoint() -> Path:
 def load_pipeline(spec: Union[str, Path], *, revision: Optional[str] = None, cache_dir: Optional[str] = None,
                   local_files_only: bool = False, token: Optional[str] = None, **kwargs):
     """Any uldm pipeline (folder or hub id): the class is read from its model_index.json. `revision`,
-    `cache_dir`, `local_files_only` and `token` go to the hub download; the rest (`torch_dtype`, `variant`, ...)
+    `cache_dir`, `local_files_only` and `token` go to the hub download; the rest (`dtype`, `variant`, ...)
     to the pipeline's `from_pretrained`."""
     import json
 

@@ -13,7 +13,8 @@ Handler = Callable[[argparse.Namespace], int]
 # ------------------------------------------------------------------------------------------ shared options
 def add_data_arguments(parser: argparse.ArgumentParser, default_split: str) -> None:
     """--data/--format/--split/--split-file: which ground-truth scenes a command reads."""
-    parser.add_argument("--data", required=True, type=Path, help="dataset root (CAVE folders, ARAD .mat, or .h5 cubes)")
+    parser.add_argument("--data", required=True, type=Path,
+                        help="dataset root (CAVE folders, ARAD .mat, or .h5 cubes), or one scene file")
     parser.add_argument("--format", choices=["cave", "arad", "h5"], default="cave", help="dataset layout (default: cave)")
     parser.add_argument("--split", choices=["train", "val", "all"], default=default_split,
                         help=f"CAVE split (README of the data; default: {default_split}); ignored with --split-file")
@@ -42,6 +43,8 @@ def degradation_from_args(args: argparse.Namespace):
 def select_scenes(args: argparse.Namespace) -> list[Path]:
     from .data import cave_split, list_scenes, read_split_file, select_scenes as pick
 
+    if args.data.is_file():  # one scene, e.g. `--data samples/colorchecker_truth.h5 --format h5`
+        return [args.data]
     paths = list_scenes(args.data, args.format)
     if args.split_file is not None:
         return pick(paths, read_split_file(args.split_file))
