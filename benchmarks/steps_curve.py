@@ -53,7 +53,8 @@ def main() -> None:
     for steps in args.steps:
         result = evaluate(PipelineReconstructor(pipeline, steps=steps), scenes, pipeline.camera, progress=False)
         rows[f"{steps} steps"] = {k: result.mean[k] for k in ("mrae", "rmse", "psnr", "sam", "rgb_error", "seconds")}
-    print(f"CAVE {args.split} ({len(scenes)} scenes, 256x256), {torch.get_num_threads()} CPU threads, checkpoint {args.checkpoint}")
+    print(f"CAVE {args.split} ({len(scenes)} scenes, 256x256), {torch.get_num_threads()} CPU threads, "
+          f"checkpoint {args.checkpoint}")
     print(format_table(rows, first_column="steps", mean_row=False))
 
     if not args.skip_512:

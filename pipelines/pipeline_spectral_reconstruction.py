@@ -78,7 +78,8 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
                                 code_residual_scale=code_residual_scale)
 
     def model_card_training(self) -> str:
-        prior = "" if self.code_prior is None else f"; code prior: root-polynomial, residual x{self.config.code_residual_scale:g}"
+        prior = ("" if self.code_prior is None
+                 else f"; code prior: root-polynomial, residual x{self.config.code_residual_scale:g}")
         return f"SpeUAE camera {self.camera.name}; UNet {self.unet.config.block_out_channels}{prior}"
 
     # ------------------------------------------------------------------------------------------ helpers

@@ -52,14 +52,16 @@ CODE_PRIORS = ("none", "root_polynomial")
 
 @dataclass
 class ULDMConfig(TrainConfig):
-    pretrained_model_name_or_path: Optional[str] = None  # hub id or local SD folder, or a ULDM pipeline to go on from (required)
+    # hub id or local SD folder, or a ULDM pipeline folder to go on from (required)
+    pretrained_model_name_or_path: Optional[str] = None
     revision: Optional[str] = None
     variant: Optional[str] = None
     speuae_path: Optional[str] = None  # stage-1 output folder (required)
     learning_rate: float = 5e-5
     train_vae_decoder: bool = False  # also fine-tune the VAE decoder to reproduce code images
     vae_learning_rate: float = 1e-5
-    code_prior: str = "none"  # "root_polynomial": the diffusion model generates the code's residual from that regression's
+    # "root_polynomial": the diffusion model generates the code's residual from that regression's code
+    code_prior: str = "none"
     code_residual_scale: float = 3.0  # the residual is multiplied by this before the VAE (so it fills [-1, 1])
     precompute_latents: bool = False  # encode code/RGB latents once to <output_dir>/latent_cache, reuse every epoch
     latent_cache_epochs: int = 2  # distinct epochs of patches cached; training cycles through them
@@ -189,10 +191,12 @@ def load_uldm_parts(folder: Path) -> StableDiffusionParts:
 
 
 def is_uldm_pipeline(folder: Path) -> bool:
+    """Whether `folder` holds a saved ULDM pipeline (training goes on from it) rather than a Stable Diffusion model."""
     import json
 
     try:
-        return json.loads((folder / "model_index.json").read_text()).get("_class_name") == "SpectralReconstructionPipeline"
+        class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+        return class_name == "SpectralReconstructionPipeline"
     except (OSError, ValueError):
         return False
 
