@@ -66,6 +66,9 @@ class ULDMConfig(TrainConfig):
     precompute_latents: bool = False  # encode code/RGB latents once to <output_dir>/latent_cache, reuse every epoch
     latent_cache_epochs: int = 2  # distinct epochs of patches cached; training cycles through them
     gradient_checkpointing: bool = False
+    # timesteps are drawn from [min_train_timestep, num_train_timesteps): 999 trains only the first step from pure
+    # noise, all that a 1-step pipeline runs (x0 prediction)
+    min_train_timestep: int = 0
     # validation and the saved pipeline's defaults
     validation_inference_steps: int = 4
     default_denoising_steps: int = 4
@@ -84,6 +87,8 @@ class ULDMConfig(TrainConfig):
         if self.augments:
             raise ConfigError("mix_probability / tilt_std / gain_std are not wired into stage 2 (its batches may be "
                               "cached latents); they augment stage 1 and R2H-Diff")
+        if self.min_train_timestep < 0:
+            raise ConfigError(f"min_train_timestep must be >= 0, got {self.min_train_timestep}")
         if self.code_prior not in CODE_PRIORS:
             raise ConfigError(f"code_prior must be one of {CODE_PRIORS}, got {self.code_prior!r}")
         if self.code_residual_scale <= 0:
@@ -136,10 +141,14 @@ def encode_latents(vae, speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None
 
 
 def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, condition: torch.Tensor,
-                   prompt: torch.Tensor) -> torch.Tensor:
-    """Noise the code latents at random timesteps; MSE of the UNet's prediction (beside the RGB latent)."""
+                   prompt: torch.Tensor, min_timestep: int = 0) -> torch.Tensor:
+    """Noise the code latents at random timesteps (from `min_timestep` up); MSE of the UNet's prediction (beside the
+    RGB latent)."""
+    last = noise_scheduler.config.num_train_timesteps
+    if min_timestep >= last:
+        raise ConfigError(f"min_train_timestep must be below the scheduler's {last} training timesteps")
     noise = torch.randn_like(latents)
-    timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(latents),), device=latents.device)
+    timesteps = torch.randint(min_timestep, last, (len(latents),), device=latents.device)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     dtype = next(unet.parameters()).dtype  # fp32 master weights under autocast; bf16/fp16 under DeepSpeed
     prediction = unet(torch.cat([condition, noisy], dim=1).to(dtype), timesteps,
@@ -294,7 +303,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
         mean, std, condition = (batch["mean"], batch["std"], batch["condition"]) if "mean" in batch \
             else encode(batch["hsi"], batch["rgb"])
         latents = (mean + std * torch.randn_like(mean)).float()  # a posterior sample, as VAE.encode().sample()
-        loss = denoising_loss(unet, noise_scheduler, latents, condition.float(), text)
+        loss = denoising_loss(unet, noise_scheduler, latents, condition.float(), text, config.min_train_timestep)
         if decoder_loss is None:
             return loss, {}
         code = vae_target(speuae, batch["hsi"], batch["rgb"], code_prior, residual_scale)

@@ -300,6 +300,26 @@ def test_refused_stage_2_combinations(tmp_path, tiny_sd_dir, tiny_speuae_dir, ti
     with pytest.raises(ConfigError, match="code_residual_scale must be > 0"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
                                              code_prior="root_polynomial", code_residual_scale=0))
+    with pytest.raises(ConfigError, match="min_train_timestep must be >= 0"):
+        load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
+                                             min_train_timestep=-1))
+
+
+def test_min_train_timestep_restricts_the_noise_levels_trained(tiny_sd_dir):
+    from uldm.stages.train_uldm import denoising_loss
+
+    parts = load_stable_diffusion(str(tiny_sd_dir))  # conv_in already widened for [RGB, code] latents
+    unet = parts.unet
+    seen = []
+    unet.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    channels = parts.vae.config.latent_channels
+    latents, condition = torch.randn(16, channels, 8, 8), torch.randn(16, channels, 8, 8)
+    denoising_loss(unet, parts.noise_scheduler, latents, condition, parts.empty_prompt.embedding, min_timestep=999)
+    denoising_loss(unet, parts.noise_scheduler, latents, condition, parts.empty_prompt.embedding)
+    assert seen[0].tolist() == [999] * 16  # only the step a 1-step pipeline runs
+    assert len(set(seen[1].tolist())) > 8  # all noise levels by default
+    with pytest.raises(ConfigError, match="below the scheduler's 1000"):
+        denoising_loss(unet, parts.noise_scheduler, latents, condition, parts.empty_prompt.embedding, min_timestep=1000)
 
 
 @pytest.mark.slow
