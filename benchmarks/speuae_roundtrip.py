@@ -97,14 +97,13 @@ def spaae_model(model: SpeUAE, vae, fit_steps: int = 0, prior: Optional[RootPoly
         rgb = model.split.render(hsi, dim=1)
         with torch.no_grad():
             code = model.encode(hsi, rgb)  # with the model's own refine_steps
-            anchor = None if prior is None else prior_code(prior, model, rgb)
-            target = code if anchor is None else code_to_residual(code, anchor, scale)
+            anchor = prior_code(prior, model, rgb)  # None without a prior: the VAE carries the code itself
+            target = code_to_residual(code, anchor, scale)
             latent = vae.encode(target).latent_dist.mode()
         latent = fit_latent(vae, latent, target, fit_steps) if fit_steps else latent
         with torch.no_grad():
             decoded = vae.decode(latent).sample.clamp(-1, 1)
-            code = decoded if anchor is None else residual_to_code(decoded, anchor, scale)
-            return as_cube(model.decode(code, rgb))
+            return as_cube(model.decode(residual_to_code(decoded, anchor, scale), rgb))
 
     return round_trip
 

@@ -145,9 +145,10 @@ def dtype_argument_for_diffusers(kwargs: dict[str, Any]) -> dict[str, Any]:
         raise ValueError("pass one of `dtype` and `torch_dtype`, not both")
     value = kwargs.pop("dtype", kwargs.pop("torch_dtype", None))
     if value is not None:
-        from diffusers.utils import deprecation_utils
+        import diffusers
 
-        kwargs["dtype" if hasattr(deprecation_utils, "_resolve_dtype") else "torch_dtype"] = value
+        major_minor = tuple(int(part) for part in diffusers.__version__.split(".")[:2])
+        kwargs["dtype" if major_minor >= (0, 40) else "torch_dtype"] = value
     return kwargs
 
 

@@ -126,8 +126,7 @@ def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor
 @torch.no_grad()
 def vae_target(speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None, scale: float = 1.0) -> torch.Tensor:
     """The image the VAE carries: the code, or with a prior the code's scaled residual from the prior's code."""
-    code = speuae.encode(hsi, rgb)
-    return code if prior is None else code_to_residual(code, prior_code(prior, speuae, rgb), scale)
+    return code_to_residual(speuae.encode(hsi, rgb), prior_code(prior, speuae, rgb), scale)
 
 
 @torch.no_grad()

@@ -245,12 +245,11 @@ def test_code_prior_is_fitted_on_the_train_split_cached_as_a_residual_and_saved(
                                                   precompute_latents=True, latent_cache_epochs=1,
                                                   code_prior="root_polynomial", code_residual_scale=2.5))
     pipeline = train(config)
-    _, speuae = load_components(config)
+    parts, speuae = load_components(config)
     regression = RootPolynomialRegression.fit_scenes(scene_paths(config, config.train_scenes), speuae.camera)
     torch.testing.assert_close(pipeline.code_prior.weights, torch.from_numpy(regression.weights).float())
     assert pipeline.config.code_residual_scale == 2.5
     # what the VAE encoded for a training patch is the scaled residual from the prior's code
-    parts, _ = load_components(config)
     dataset, _, _ = build_train_loader(config, speuae.camera)
     dataset.set_epoch(0)
     item = dataset[3]

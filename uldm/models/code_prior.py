@@ -8,6 +8,8 @@ Results); the prior costs one 7 x B matrix product per pixel.
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -38,18 +40,26 @@ class RootPolynomialPrior(ModelMixin, ConfigMixin):
         return (features @ self.weights).movedim(-1, 1)
 
 
-def prior_code(prior: RootPolynomialPrior, speuae, rgb: torch.Tensor) -> torch.Tensor:
-    """The SpeUAE code of the prior's spectra for linear RGB (N x 3 x H x W), in SpeUAE's dtype."""
+def prior_code(prior: Optional[RootPolynomialPrior], speuae, rgb: torch.Tensor) -> Optional[torch.Tensor]:
+    """The SpeUAE code of the prior's spectra for linear RGB (N x 3 x H x W), in SpeUAE's dtype; None without a
+    prior, which the two functions below read as "the VAE carries the code itself"."""
+    if prior is None:
+        return None
     dtype = speuae.linear_decoder.weight.dtype
     rgb = rgb.to(dtype)
     return speuae.encode(prior(rgb).to(dtype), rgb).clamp(-1, 1)
 
 
-def code_to_residual(code: torch.Tensor, prior: torch.Tensor, scale: float) -> torch.Tensor:
-    """What the VAE encodes in training: the code's residual from the prior's code, scaled into [-1, 1]."""
+def code_to_residual(code: torch.Tensor, prior: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """What the VAE encodes in training: the code's residual from the prior's code, scaled into [-1, 1] (the code
+    itself without a prior)."""
+    if prior is None:
+        return code
     return ((code - prior) * scale).clamp(-1, 1)
 
 
-def residual_to_code(residual: torch.Tensor, prior: torch.Tensor, scale: float) -> torch.Tensor:
-    """The inverse at inference: prior code + decoded residual / scale."""
+def residual_to_code(residual: torch.Tensor, prior: Optional[torch.Tensor], scale: float) -> torch.Tensor:
+    """The inverse at inference: prior code + decoded residual / scale (the decoded image itself without a prior)."""
+    if prior is None:
+        return residual
     return (prior + residual.to(prior.dtype) / scale).clamp(-1, 1)
