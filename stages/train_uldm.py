@@ -33,6 +33,7 @@ from uldm.training import (
     ConfigError,
     TrainConfig,
     build_accelerator,
+    build_augmentation,
     build_scheduler,
     build_train_loader,
     make_loader,
@@ -62,6 +63,7 @@ class ULDMConfig(TrainConfig):
     vae_learning_rate: float = 1e-5
     # "root_polynomial": the diffusion model generates the code's residual from that regression's code
     code_prior: str = "none"
+    code_prior_degree: int = 2  # the regression's root-polynomial degree (1 to 4; 2 is the baseline)
     code_residual_scale: float = 3.0  # the residual is multiplied by this before the VAE (so it fills [-1, 1])
     precompute_latents: bool = False  # encode code/RGB latents once to <output_dir>/latent_cache, reuse every epoch
     latent_cache_epochs: int = 2  # distinct epochs of patches cached; training cycles through them
@@ -84,13 +86,16 @@ class ULDMConfig(TrainConfig):
         for name in ("pretrained_model_name_or_path", "speuae_path"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")
-        if self.augments:
-            raise ConfigError("mix_probability / tilt_std / gain_std are not wired into stage 2 (its batches may be "
-                              "cached latents); they augment stage 1 and R2H-Diff")
+        if self.mix_probability and self.precompute_latents:
+            raise ConfigError("mix_probability needs precompute_latents: false (the latent cache is encoded in chunks "
+                              "of one scene's patches, so mixtures would never cross scenes); tilt_std and gain_std "
+                              "work with either")
         if self.min_train_timestep < 0:
             raise ConfigError(f"min_train_timestep must be >= 0, got {self.min_train_timestep}")
         if self.code_prior not in CODE_PRIORS:
             raise ConfigError(f"code_prior must be one of {CODE_PRIORS}, got {self.code_prior!r}")
+        if self.code_prior_degree not in (1, 2, 3, 4):
+            raise ConfigError(f"code_prior_degree must be 1, 2, 3 or 4, got {self.code_prior_degree}")
         if self.code_residual_scale <= 0:
             raise ConfigError(f"code_residual_scale must be > 0, got {self.code_residual_scale}")
         if self.precompute_latents and self.train_vae_decoder:
@@ -182,7 +187,8 @@ def build_code_prior(config: ULDMConfig, camera) -> Optional[RootPolynomialPrior
         return None
     regression = RootPolynomialRegression.fit_scenes(scene_paths(config, config.train_scenes), camera,
                                                      Degradation.from_config(config.degradation),
-                                                     format=config.data_format, seed=config.seed)
+                                                     format=config.data_format, seed=config.seed,
+                                                     degree=config.code_prior_degree)
     return RootPolynomialPrior.from_regression(regression)
 
 
@@ -264,9 +270,15 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     dataset, sampler, loader = build_train_loader(config, speuae.camera)
     val_scenes = scene_paths(config, config.val_scenes)
 
+    augment = build_augmentation(config, speuae.camera, accelerator.device)  # None without mix / tilt / gain
+
+    def augmented(hsi: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hsi, rgb = hsi.to(accelerator.device), rgb.to(accelerator.device)
+        return (hsi, rgb) if augment is None else augment(hsi, rgb)
+
     def encode(hsi: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return encode_latents(vae, speuae, hsi.to(accelerator.device), rgb.to(accelerator.device), code_prior,
-                              residual_scale)
+        """Latents of augmented patches, live or for the cache (whose fingerprint holds the augmentation's config)."""
+        return encode_latents(vae, speuae, *augmented(hsi, rgb), code_prior, residual_scale)
 
     if config.precompute_latents:
         from uldm.latent_cache import LatentCacheDataset, build_latent_cache, weights_digest
@@ -299,13 +311,17 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
 
     # 4. train: code latents noised by the pretrained scheduler, UNet predicts its target next to the RGB latent
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
-        mean, std, condition = (batch["mean"], batch["std"], batch["condition"]) if "mean" in batch \
-            else encode(batch["hsi"], batch["rgb"])
+        if "mean" in batch:  # cached
+            hsi = rgb = None
+            mean, std, condition = batch["mean"], batch["std"], batch["condition"]
+        else:
+            hsi, rgb = augmented(batch["hsi"], batch["rgb"])
+            mean, std, condition = encode_latents(vae, speuae, hsi, rgb, code_prior, residual_scale)
         latents = (mean + std * torch.randn_like(mean)).float()  # a posterior sample, as VAE.encode().sample()
         loss = denoising_loss(unet, noise_scheduler, latents, condition.float(), text, config.min_train_timestep)
         if decoder_loss is None:
             return loss, {}
-        code = vae_target(speuae, batch["hsi"], batch["rgb"], code_prior, residual_scale)
+        code = vae_target(speuae, hsi, rgb, code_prior, residual_scale)
         code_loss = models[1](latents, code)
         return loss + code_loss, {"train/vae_decoder_l1": code_loss.item()}
 

@@ -112,3 +112,80 @@ def test_cli_reconstruct_writes_cube_and_previews(tmp_path, tiny_cave_root):
 def test_cli_reconstruct_missing_input_is_a_clear_error(tmp_path, capsys):
     assert main(["reconstruct", str(tmp_path / "nope.png"), "-o", str(tmp_path / "out")]) == 2
     assert "nope.png" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3, 4])
+def test_features_are_colour_sciences_root_polynomial_expansion(degree):
+    from colour.characterisation import polynomial_expansion_Finlayson2015
+
+    from uldm.baseline import feature_names
+
+    rgb = np.random.default_rng(degree).random((40, 3))
+    features = root_polynomial_features(rgb, degree)
+    expected = polynomial_expansion_Finlayson2015(rgb, degree, root_polynomial_expansion=True)
+    np.testing.assert_allclose(features[:, :-1], expected, rtol=1e-12)
+    np.testing.assert_array_equal(features[:, -1], 1.0)
+    assert len(feature_names(degree)) == features.shape[1] == {1: 4, 2: 7, 3: 14, 4: 23}[degree]
+    # every term scales with exposure (the constant aside), at every degree
+    np.testing.assert_allclose(root_polynomial_features(3 * rgb, degree)[:, :-1], 3 * features[:, :-1], rtol=1e-12)
+    import torch
+
+    as_tensor = root_polynomial_features(torch.from_numpy(rgb).float(), degree)
+    assert as_tensor.dtype == torch.float32
+    np.testing.assert_allclose(as_tensor.numpy(), features, rtol=1e-5)
+
+
+def test_degrees_nest_save_and_load(tmp_path, tiny_cave_root, capsys):
+    from uldm.baseline import scene_pixels
+    from uldm.data import cave_split
+
+    camera = CameraResponse.from_preset("nikon5100")
+    rgb, spectra = scene_pixels(cave_split(tiny_cave_root)["train"], camera)
+    fits = {degree: RootPolynomialRegression.fit(rgb, spectra, camera, degree) for degree in (1, 2, 3, 4)}
+    # each degree's terms contain the lower degree's, so its training error can only fall
+    errors = [((fits[d](rgb[None])[0] - spectra) ** 2).mean() for d in (1, 2, 3, 4)]
+    assert all(b <= a * (1 + 1e-6) for a, b in zip(errors, errors[1:])) and errors[3] < errors[0], errors
+    back = RootPolynomialRegression.load(fits[3].save(tmp_path / "d3.npz"))
+    assert back.degree == 3 and np.array_equal(back.weights, fits[3].weights)
+    with pytest.raises(ValueError, match="5 rows match no root-polynomial degree"):
+        RootPolynomialRegression(np.zeros((5, 31)), camera)
+    with pytest.raises(ValueError, match="degree must be 1, 2, 3 or 4"):
+        root_polynomial_features(rgb, 5)
+    assert main(["baseline", "fit", "--data", str(tiny_cave_root), "--degree", "3", "-o", str(tmp_path / "c.npz")]) == 0
+    assert RootPolynomialRegression.load(tmp_path / "c.npz").degree == 3 and "fitted degree 3" in capsys.readouterr().out
+
+
+def test_classical_regressions_benchmark_prints_a_row_per_degree(load_benchmark, tiny_cave_root, capsys):
+    load_benchmark("classical_regressions").main(["--data", str(tiny_cave_root), "--degrees", "1", "2"])
+    table = capsys.readouterr().out
+    assert "degree 1" in table and "degree 2" in table and "PSNR BALLOONS_MS" in table
+
+
+def test_classical_regressions_on_real_cave_val(load_benchmark, cave_root):
+    """The figures METHOD.md section 6 quotes for CAVE val: linear 33.2 dB / 13.4 deg, degree 2 32.9 dB / 13.2 deg."""
+    rows = load_benchmark("classical_regressions").compare_degrees(cave_root, CameraResponse.from_preset("nikon5100"),
+                                                                    [1, 2])
+    assert rows["degree 1"]["psnr"] == pytest.approx(33.2, abs=0.05) and rows["degree 1"]["sam"] == pytest.approx(13.4, abs=0.05)
+    assert rows["degree 2"]["psnr"] == pytest.approx(32.9, abs=0.05) and rows["degree 2"]["sam"] == pytest.approx(13.2, abs=0.05)
+
+
+def test_geometric_ensemble_inverts_each_transform(load_benchmark, tiny_cave_root, tmp_path, capsys):
+    bench = load_benchmark("geometric_ensemble")
+    image = np.random.default_rng(0).random((5, 7, 3))
+    for k in range(8):
+        assert bench.dihedral(image, k).shape == ((7, 5, 3) if k % 2 else (5, 7, 3))
+        np.testing.assert_array_equal(bench.undo_dihedral(bench.dihedral(image, k), k), image)
+    assert len({bench.dihedral(image[:5, :5], k).tobytes() for k in range(8)}) == 8  # 8 different transforms
+    # a per-pixel model is unchanged by the ensemble; one that looks at positions is not
+    camera = CameraResponse.from_preset("nikon5100")
+    model = RootPolynomialRegression(np.random.default_rng(1).random((7, 31)), camera)
+    np.testing.assert_allclose(bench.GeometricEnsemble(model, 8)(image), model(image), rtol=1e-6)
+    ramp = lambda rgb: rgb[..., :1] * np.arange(rgb.shape[1])[None, :, None] * np.ones(31)
+    assert not np.allclose(bench.GeometricEnsemble(ramp, 2)(image[:5, :5]), ramp(image[:5, :5]))
+    with pytest.raises(ValueError, match="1 to 8"):
+        bench.GeometricEnsemble(model, 9)
+    # the script end to end, on a fitted baseline file
+    path = RootPolynomialRegression.fit_scenes(
+        [tiny_cave_root / "cd_ms", tiny_cave_root / "watercolors_ms"], camera).save(tmp_path / "b.npz")
+    bench.main(["--checkpoint", str(path), "--data", str(tiny_cave_root), "--members", "1", "2"])
+    assert "2 members" in capsys.readouterr().out

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from uldm import SpectralReconstructionPipeline
-from uldm.baseline import RootPolynomialRegression
+from uldm.baseline import RootPolynomialRegression, root_polynomial_features
 from uldm.camera import CameraResponse
 from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code, residual_to_code
 
@@ -50,6 +50,22 @@ def test_prior_is_the_baseline_regression_and_survives_save_load(regression, rgb
     assert torch.equal(loaded.weights, prior.weights) and loaded.config.num_bands == 31
     with pytest.raises(ValueError, match="N x 3 x H x W"):
         prior(torch.zeros(1, 4, 2, 2))
+
+
+def test_a_degree_3_prior_is_that_regression_and_keeps_its_degree(regression, rgb, tmp_path):
+    camera = regression.camera
+    pixels = rgb.reshape(-1, 3)
+    spectra = regression(rgb).reshape(-1, camera.num_bands) * (1 + 0.5 * pixels[:, :1])  # not in degree 2's span
+    cubic = RootPolynomialRegression.fit(pixels, spectra, camera, degree=3)
+    prior = RootPolynomialPrior.from_regression(cubic)
+    assert prior.config.degree == 3 and prior.weights.shape == (14, camera.num_bands)
+    assert torch.equal(prior.weights, torch.from_numpy(cubic.weights).float())
+    # in float64, so the check is of the features and not of float32 rounding (degree-3 weights are large)
+    expected = root_polynomial_features(rgb.astype(np.float64), 3) @ prior.weights.double().numpy()
+    np.testing.assert_allclose(prior.double()(as_batch(rgb))[0].permute(1, 2, 0).numpy(), expected, rtol=1e-10)
+    prior.save_pretrained(tmp_path / "prior")
+    loaded = RootPolynomialPrior.from_pretrained(tmp_path / "prior")
+    assert loaded.config.degree == 3 and torch.equal(loaded.weights, prior.weights)
 
 
 def test_residual_round_trip_and_clamping():

@@ -1,6 +1,7 @@
 """Stage 1: the SpeUAE model and its accelerate trainer (tiny data, a few steps each)."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -458,6 +459,22 @@ def test_unknown_and_missing_keys_name_the_file(tmp_path, tiny_cave_root):
     path.write_text("learning_rate: 0.1\n")
     with pytest.raises(ConfigError, match="empty.yaml: missing required keys \\['output_dir'\\]"):
         load_config(SpeUAEConfig, path)
+
+
+def test_values_take_their_fields_types_or_fail_naming_the_key(tmp_path, tiny_cave_root):
+    # YAML 1.1 reads 1e-4 as a string: the float field takes it as the number meant
+    config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root),
+                         ["learning_rate=1e-4", "max_train_steps=2e3", "checkpoints_total_limit=null", "use_ema=true"])
+    assert config.learning_rate == 1e-4 and isinstance(config.learning_rate, float)
+    assert config.max_train_steps == 2000 and isinstance(config.max_train_steps, int)
+    assert config.checkpoints_total_limit is None and config.use_ema is True
+    for override, message in [("learning_rate=fast", "learning_rate must be a float, got 'fast'"),
+                              ("max_train_steps=2.5", "max_train_steps must be an int, got 2.5"),
+                              ("train_batch_size=true", "train_batch_size must be an int, got True"),
+                              ("use_ema=1", "use_ema must be a bool, got 1"),
+                              ("seed=null", "seed must be an int, got None")]:
+        with pytest.raises(ConfigError, match=f"config.yaml: {re.escape(message)}"):
+            load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root), [override])
 
 
 def test_data_with_the_wrong_band_count_fails_before_training(tmp_path):

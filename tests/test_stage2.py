@@ -81,10 +81,29 @@ def write_config(tmp_path: Path, tiny_sd_dir: Path, speuae_dir: Path, data_root:
     return path
 
 
+def spy_on_augmentation(monkeypatch) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Every (hsi, rgb) -> (hsi', rgb') that BatchAugmentation makes from now on, in order."""
+    from uldm.data.augment import BatchAugmentation
+
+    calls, original = [], BatchAugmentation.__call__
+
+    def recording(self, hsi, rgb):
+        out = original(self, hsi, rgb)
+        calls.append((hsi, rgb, *out))
+        return out
+
+    monkeypatch.setattr(BatchAugmentation, "__call__", recording)
+    return calls
+
+
 @pytest.mark.slow
-def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
-    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root))
+def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, monkeypatch):
+    # with live batch augmentation: its random draws must be replayed on resume too
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
+                                                  mix_probability=0.5, tilt_std=0.3))
+    augmented = spy_on_augmentation(monkeypatch)
     uninterrupted = {k: v.clone() for k, v in train(config).unet.state_dict().items()}
+    assert len(augmented) == config.max_train_steps  # every training batch, live
     output_dir = Path(config.output_dir)
     assert [p.name for p in checkpoints_in(output_dir)] == ["checkpoint-2", "checkpoint-4"]
     assert (output_dir / "pipeline" / "model_index.json").exists()
@@ -162,7 +181,7 @@ def test_bad_pretrained_path_is_reported_by_the_entry_point(tmp_path, tiny_speua
 
 
 @pytest.mark.parametrize("name", ["uldm_cave_small.yaml", "uldm_arad_sd21.yaml", "uldm_cave_base.yaml",
-                                  "uldm_cave_prior.yaml"])
+                                  "uldm_cave_prior.yaml", "uldm_cave_tilt.yaml"])
 def test_shipped_configs_are_valid(name):
     config = load_config(ULDMConfig, REPO / "stages" / "configs" / name)
     assert config.pretrained_model_name_or_path and config.speuae_path
@@ -215,6 +234,30 @@ def test_precomputed_latents_match_live_encoding_and_train(tmp_path, tiny_sd_dir
     (speuae_copy / "config.json").write_text(json.dumps({**settings, "refine_steps": 1}))
     train(copy_config)
     assert (cache_dir / "epoch-0.safetensors").stat().st_mtime_ns != stamp
+
+
+@pytest.mark.slow
+def test_cached_latents_are_of_augmented_patches(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, monkeypatch):
+    from uldm.latent_cache import LatentCacheDataset
+    from uldm.stages.train_uldm import encode_latents, load_components
+
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, use_ema=False,
+                                                  max_train_steps=2, checkpointing_steps=2, validation_steps=2,
+                                                  precompute_latents=True, latent_cache_epochs=1,
+                                                  tilt_std=0.3, gain_std=0.2, code_prior="root_polynomial"))
+    augmented = spy_on_augmentation(monkeypatch)
+    pipeline = train(config)
+    (hsi, rgb, hsi_out, rgb_out), = augmented  # the 8 patches are one cache chunk; training reads the cache
+    parts, speuae = load_components(config)
+    assert (hsi_out - hsi).abs().max() > 1e-2  # tilted and scaled ...
+    torch.testing.assert_close(speuae.split.render(hsi_out, dim=1), rgb_out, atol=1e-6, rtol=0)  # ... RGB to match
+    with torch.no_grad():
+        mean, std, condition = encode_latents(parts.vae, speuae, hsi_out, rgb_out, pipeline.code_prior,
+                                              config.code_residual_scale)
+    cache = LatentCacheDataset(Path(config.output_dir) / "latent_cache", 1)
+    for index in range(len(cache)):
+        torch.testing.assert_close(cache[index]["mean"], mean[index], atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache[index]["condition"], condition[index], atol=1e-5, rtol=0)
 
 
 def test_weights_digest_follows_every_weight():
@@ -278,27 +321,32 @@ def test_training_goes_on_from_a_trained_uldm_pipeline(tmp_path, tiny_sd_dir, ti
     folder = Path(first.output_dir) / "pipeline"
     second = load_config(ULDMConfig, write_config(tmp_path / "b", folder, tiny_speuae_dir, tiny_cave_root,
                                                   use_ema=False, max_train_steps=2, checkpointing_steps=2,
-                                                  validation_steps=2, code_prior="root_polynomial"))
+                                                  validation_steps=2, code_prior="root_polynomial",
+                                                  code_prior_degree=3))
     parts, _ = load_components(second)  # the trained UNet as it was: not widened again
     assert parts.unet.config.in_channels == trained.unet.config.in_channels
     for name, tensor in trained.unet.state_dict().items():
         assert torch.equal(parts.unet.state_dict()[name], tensor), name
     assert torch.equal(parts.empty_prompt.embedding, trained.prompt_embedding.embedding)
     assert parts.noise_scheduler.config.prediction_type == trained.scheduler.config.prediction_type
-    assert train(second).code_prior is not None
+    assert train(second).code_prior.config.degree == 3
 
 
 def test_refused_stage_2_combinations(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
     with pytest.raises(ConfigError, match="precompute_latents cannot be combined"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
                                              precompute_latents=True, train_vae_decoder=True))
-    with pytest.raises(ConfigError, match="not wired into stage 2"):
-        load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, tilt_std=0.3))
+    with pytest.raises(ConfigError, match="mix_probability needs precompute_latents: false"):
+        load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
+                                             precompute_latents=True, mix_probability=0.5))
     with pytest.raises(ConfigError, match="code_prior must be one of"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, code_prior="mlp"))
     with pytest.raises(ConfigError, match="code_residual_scale must be > 0"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
                                              code_prior="root_polynomial", code_residual_scale=0))
+    with pytest.raises(ConfigError, match="code_prior_degree must be 1, 2, 3 or 4"):
+        load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
+                                             code_prior="root_polynomial", code_prior_degree=5))
     with pytest.raises(ConfigError, match="min_train_timestep must be >= 0"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
                                              min_train_timestep=-1))

@@ -1,7 +1,12 @@
-"""Classical baseline: per-pixel root-polynomial regression RGB -> spectra (degree 2).
+"""Classical baseline: per-pixel root-polynomial regression RGB -> spectra (degree 2 by default).
 
-Features (r, g, b, √rg, √gb, √rb, 1) are exposure-invariant up to the constant term, and a least-squares
-fit on training pixels gives the reference every learned model here is compared with (METHOD.md section 6).
+Root-polynomial terms (Finlayson et al. 2015) are the k-th roots of the degree-k monomials of (r, g, b) that are not
+powers of lower ones: degree 2 gives (r, g, b, √rg, √gb, √rb), degree 3 adds seven cube roots, degree 4 nine fourth
+roots. Every term scales with exposure, so the fit is exposure-invariant up to the constant term appended last. A
+least-squares fit on training pixels gives the reference every learned model here is compared with (METHOD.md
+section 6: degree 2). Terms and their order are colour-science's `polynomial_expansion_Finlayson2015` (a test
+checks it); they are computed here in torch as well, so R2H-Diff's regression skip and the ULDM's code prior
+differentiate through the very features of this baseline.
 """
 
 from __future__ import annotations
@@ -14,46 +19,110 @@ import numpy as np
 from .camera import CameraResponse
 from .degradation import Degradation
 
-FEATURE_NAMES = ("r", "g", "b", "sqrt(rg)", "sqrt(gb)", "sqrt(rb)", "1")
+# exponents (a, b, c) of r^a g^b b^c, by degree k (the term is the monomial's k-th root), in colour-science's order
+ROOT_POLYNOMIAL_EXPONENTS = {
+    1: ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
+    2: ((1, 1, 0), (0, 1, 1), (1, 0, 1)),
+    3: ((1, 2, 0), (0, 1, 2), (1, 0, 2), (2, 1, 0), (0, 2, 1), (2, 0, 1), (1, 1, 1)),
+    4: ((3, 1, 0), (3, 0, 1), (1, 3, 0), (0, 3, 1), (1, 0, 3), (0, 1, 3), (2, 1, 1), (1, 2, 1), (1, 1, 2)),
+}
+ROOTS = {1: "{}", 2: "sqrt({})", 3: "cbrt({})", 4: "root4({})"}
 
 
-def root_polynomial_features(rgb: Union[np.ndarray, "torch.Tensor"]) -> Union[np.ndarray, "torch.Tensor"]:
-    """(..., 3) linear RGB -> (..., 7) degree-2 root-polynomial features (negative values clipped to 0).
+def check_degree(degree: int) -> None:
+    if degree not in ROOT_POLYNOMIAL_EXPONENTS:
+        raise ValueError(f"root-polynomial degree must be 1, 2, 3 or 4, got {degree}")
 
-    NumPy in, float64 NumPy out; a torch tensor in, a tensor of its dtype out (differentiable where RGB > 0),
-    so the R2H-Diff network's regression skip uses the very features of this baseline.
+
+def feature_names(degree: int = 2) -> tuple[str, ...]:
+    """Names of the features of `degree` (1 to 4), constant last: ("r", "g", "b", "sqrt(rg)", ..., "1")."""
+    check_degree(degree)
+    names = ["".join(channel * power for channel, power in zip("rgb", exponents))
+             for k in range(1, degree + 1) for exponents in ROOT_POLYNOMIAL_EXPONENTS[k]]
+    roots = [ROOTS[k] for k in range(1, degree + 1) for _ in ROOT_POLYNOMIAL_EXPONENTS[k]]
+    return (*(root.format(name) for root, name in zip(roots, names)), "1")
+
+
+FEATURE_NAMES = feature_names(2)
+
+
+def degree_of(num_features: int) -> int:
+    """The degree whose features number `num_features` (4, 7, 14 or 23): a weight matrix tells its own degree."""
+    for degree in ROOT_POLYNOMIAL_EXPONENTS:
+        if len(feature_names(degree)) == num_features:
+            return degree
+    raise ValueError(f"{num_features} rows match no root-polynomial degree (4, 7, 14 or 23 rows for degrees 1-4)")
+
+
+def root_polynomial_features(rgb: Union[np.ndarray, "torch.Tensor"], degree: int = 2) -> Union[np.ndarray, "torch.Tensor"]:
+    """(..., 3) linear RGB -> (..., F) root-polynomial features of `degree` (negative values clipped to 0).
+
+    NumPy in, float64 NumPy out; a torch tensor in, a tensor of its dtype out (differentiable where RGB > 0).
     """
     import torch
 
-    if isinstance(rgb, torch.Tensor):
-        rgb = rgb.clamp_min(0.0)
-        r, g, b = rgb.unbind(-1)
-        return torch.stack([r, g, b, (r * g).sqrt(), (g * b).sqrt(), (r * b).sqrt(), torch.ones_like(r)], dim=-1)
-    return root_polynomial_features(torch.from_numpy(np.asarray(rgb, dtype=np.float64))).numpy()
+    check_degree(degree)
+    if not isinstance(rgb, torch.Tensor):
+        return root_polynomial_features(torch.from_numpy(np.asarray(rgb, dtype=np.float64)), degree).numpy()
+    channels = rgb.clamp_min(0.0).unbind(-1)
+    terms = []
+    for k in range(1, degree + 1):
+        for exponents in ROOT_POLYNOMIAL_EXPONENTS[k]:
+            monomial = torch.ones_like(channels[0])
+            for channel, power in zip(channels, exponents):
+                monomial = monomial * channel ** power if power else monomial
+            terms.append(monomial if k == 1 else monomial.pow(1.0 / k))
+    return torch.stack([*terms, torch.ones_like(channels[0])], dim=-1)
 
 
-def fit_root_polynomial(rgb: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """Least-squares weights (7 x C) from the features of `rgb` (P x 3) to `targets` (P x C): the baseline's fit,
+def fit_root_polynomial(rgb: np.ndarray, targets: np.ndarray, degree: int = 2) -> np.ndarray:
+    """Least-squares weights (F x C) from the features of `rgb` (P x 3) to `targets` (P x C): the baseline's fit,
     also the start of R2H-Diff's regression skip (whose targets live in the network's space)."""
-    features = root_polynomial_features(np.asarray(rgb).reshape(-1, 3))
+    features = root_polynomial_features(np.asarray(rgb).reshape(-1, 3), degree)
     weights, *_ = np.linalg.lstsq(features, np.asarray(targets, dtype=np.float64).reshape(len(features), -1), rcond=None)
     return weights
 
 
+def scene_pixels(
+    scenes: Sequence[Union[str, Path]],
+    camera: CameraResponse,
+    degradation: Optional[Degradation] = None,
+    format: Optional[str] = None,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(rgb P x 3, spectra P x B) of every pixel of the scenes, RGB rendered with `camera` (then degraded, scene i
+    with seed `seed + i`): the training set of a per-pixel regression."""
+    from .data import read_scene
+
+    rgbs, cubes = [], []
+    for index, path in enumerate(scenes):
+        cube = read_scene(path, format=format, grid=camera.grid).cube
+        rgb = camera.render(cube)
+        if degradation is not None and not degradation.is_identity:
+            rgb = degradation(rgb, seed=seed + index)
+        rgbs.append(rgb.reshape(-1, 3))
+        cubes.append(cube.reshape(-1, camera.num_bands))
+    if not rgbs:
+        raise ValueError("no training scenes given")
+    return np.concatenate(rgbs), np.concatenate(cubes)
+
+
 class RootPolynomialRegression:
-    """Linear map from root-polynomial features to B bands. Call it on an H x W x 3 image."""
+    """Linear map from root-polynomial features to B bands. Call it on an H x W x 3 image. The degree is read from
+    the weights' rows (7 for degree 2), so files saved before degrees existed load unchanged."""
 
     def __init__(self, weights: np.ndarray, camera: CameraResponse) -> None:
         weights = np.asarray(weights, dtype=np.float64)
-        if weights.shape != (len(FEATURE_NAMES), camera.num_bands):
-            raise ValueError(f"weights must be {len(FEATURE_NAMES)} x {camera.num_bands}, got {weights.shape}")
+        if weights.ndim != 2 or weights.shape[1] != camera.num_bands:
+            raise ValueError(f"weights must be F x {camera.num_bands} (F features), got {weights.shape}")
+        self.degree = degree_of(weights.shape[0])
         self.weights = weights
         self.camera = camera
 
     @classmethod
-    def fit(cls, rgb: np.ndarray, spectra: np.ndarray, camera: CameraResponse) -> "RootPolynomialRegression":
+    def fit(cls, rgb: np.ndarray, spectra: np.ndarray, camera: CameraResponse, degree: int = 2) -> "RootPolynomialRegression":
         """Least squares on pixels: rgb (N, 3), spectra (N, B)."""
-        return cls(fit_root_polynomial(rgb, spectra.reshape(-1, camera.num_bands)), camera)
+        return cls(fit_root_polynomial(rgb, spectra.reshape(-1, camera.num_bands), degree), camera)
 
     @classmethod
     def fit_scenes(
@@ -63,27 +132,16 @@ class RootPolynomialRegression:
         degradation: Optional[Degradation] = None,
         format: Optional[str] = None,
         seed: int = 0,
+        degree: int = 2,
     ) -> "RootPolynomialRegression":
         """Fit on every pixel of the given scenes, RGB rendered with `camera` (and degraded if asked)."""
-        from .data import read_scene
-
-        rgbs, cubes = [], []
-        for index, path in enumerate(scenes):
-            cube = read_scene(path, format=format, grid=camera.grid).cube
-            rgb = camera.render(cube)
-            if degradation is not None and not degradation.is_identity:
-                rgb = degradation(rgb, seed=seed + index)
-            rgbs.append(rgb.reshape(-1, 3))
-            cubes.append(cube.reshape(-1, camera.num_bands))
-        if not rgbs:
-            raise ValueError("no training scenes given")
-        return cls.fit(np.concatenate(rgbs), np.concatenate(cubes), camera)
+        return cls.fit(*scene_pixels(scenes, camera, degradation, format, seed), camera, degree)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """H x W x 3 linear RGB -> H x W x B float32 spectra."""
         if rgb.shape[-1] != 3:
             raise ValueError(f"expected ... x 3 RGB, got shape {rgb.shape}")
-        return (root_polynomial_features(rgb) @ self.weights).astype(np.float32)
+        return (root_polynomial_features(rgb, self.degree) @ self.weights).astype(np.float32)
 
     def save(self, path: Union[str, Path]) -> Path:
         """Weights and camera in one .npz, written atomically."""
@@ -95,7 +153,7 @@ class RootPolynomialRegression:
         with atomic_write(path) as tmp:
             with open(tmp, "wb") as handle:
                 np.savez(handle, weights=self.weights, camera=json.dumps(self.camera.to_config()),
-                         features=np.array(FEATURE_NAMES))
+                         features=np.array(feature_names(self.degree)))
         return path
 
     @classmethod

@@ -105,6 +105,8 @@ def add_baseline(subparsers: argparse._SubParsersAction) -> None:
     add_data_arguments(fit, default_split="train")
     add_camera_arguments(fit)
     fit.add_argument("-o", "--output", required=True, type=Path, help="where to write the fitted .npz")
+    fit.add_argument("--degree", type=int, default=2, choices=(1, 2, 3, 4),
+                     help="root-polynomial degree (default 2, the baseline; 1 is linear regression)")
     fit.set_defaults(handler=run_baseline_fit)
 
     evaluate = actions.add_parser("evaluate", help="score a fitted baseline on ground-truth scenes")
@@ -126,9 +128,10 @@ def run_baseline_fit(args: argparse.Namespace) -> int:
 
     camera, degradation = camera_and_degradation(args)
     scenes = select_scenes(args)
-    model = RootPolynomialRegression.fit_scenes(scenes, camera, degradation=degradation, format=args.format)
+    model = RootPolynomialRegression.fit_scenes(scenes, camera, degradation=degradation, format=args.format,
+                                                degree=args.degree)
     model.save(args.output)
-    print(f"fitted on {len(scenes)} scenes with {camera.name}; wrote {args.output}")
+    print(f"fitted degree {args.degree} on {len(scenes)} scenes with {camera.name}; wrote {args.output}")
     return 0
 
 

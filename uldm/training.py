@@ -21,6 +21,7 @@ import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+import typing
 from typing import Any, Callable, Iterator, Optional, Sequence, Type, TypeVar
 
 import torch
@@ -116,6 +117,31 @@ class TrainConfig:
 
 
 # ------------------------------------------------------------------------------------------------ configs
+def typed_value(name: str, value: Any, hint: Any) -> Any:
+    """`value` as its field's int / float / bool, or a ConfigError naming the key. YAML 1.1 reads `1e-4` as a
+    string (it wants `1.0e-4`), so numbers written that way are converted rather than failing deep in training."""
+    members = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    if value is None and type(None) in members:
+        return None
+    kinds = [member for member in members if member is not type(None)]
+    kind = kinds[0] if len(kinds) == 1 else None
+    if kind not in (int, float, bool):
+        return value  # str, lists, mappings, Any: the stage's own validate() checks what it needs
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+        if number is not None and kind is float:
+            return number
+        if number is not None and number.is_integer():
+            return int(number)
+    raise ConfigError(f"{name} must be {'an' if kind is int else 'a'} {kind.__name__}, got {value!r}")
+
+
 def load_config(cls: Type[ConfigT], path: Optional[Path], overrides: Sequence[str] = ()) -> ConfigT:
     """YAML file + `key=value` overrides (values parsed as YAML) -> a validated config dataclass."""
     values: dict[str, Any] = {}
@@ -142,8 +168,10 @@ def load_config(cls: Type[ConfigT], path: Optional[Path], overrides: Sequence[st
     missing = [name for name in required if name not in values]
     if missing:
         raise ConfigError(f"{where}: missing required keys {missing}")
-    config = cls(**values)
+    hints = typing.get_type_hints(cls)
     try:
+        values = {name: typed_value(name, value, hints[name]) for name, value in values.items()}
+        config = cls(**values)
         config.validate()
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from exc

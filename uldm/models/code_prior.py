@@ -1,9 +1,9 @@
-"""A per-pixel spectral prior for the ULDM: the root-polynomial baseline as a pipeline component.
+"""A per-pixel spectral prior for the ULDM: the root-polynomial regression as a pipeline component.
 
 With a prior, the diffusion model generates only what the prior gets wrong: the code becomes
 c = SpeUAE.encode(prior(RGB), RGB) + residual / scale, and the VAE carries the (scaled) residual image instead of the
 code itself. The residual is half as large as the code, so the same VAE loses far less of it (see the README's
-Results); the prior costs one 7 x B matrix product per pixel.
+Results); the prior costs one F x B matrix product per pixel (F = 7 features at degree 2).
 """
 
 from __future__ import annotations
@@ -15,28 +15,28 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from ..baseline import FEATURE_NAMES, RootPolynomialRegression, root_polynomial_features
+from ..baseline import RootPolynomialRegression, feature_names, root_polynomial_features
 
 
 class RootPolynomialPrior(ModelMixin, ConfigMixin):
-    """rgb (N x 3 x H x W, linear) -> spectra (N x B x H x W) by the degree-2 root-polynomial regression."""
+    """rgb (N x 3 x H x W, linear) -> spectra (N x B x H x W) by a root-polynomial regression of `degree`."""
 
     @register_to_config
-    def __init__(self, num_bands: int = 31) -> None:
+    def __init__(self, num_bands: int = 31, degree: int = 2) -> None:
         super().__init__()
-        self.weights = nn.Parameter(torch.zeros(len(FEATURE_NAMES), num_bands), requires_grad=False)
+        self.weights = nn.Parameter(torch.zeros(len(feature_names(degree)), num_bands), requires_grad=False)
 
     @classmethod
     def from_regression(cls, regression: RootPolynomialRegression) -> "RootPolynomialPrior":
         """The weights of a fitted (or loaded) baseline, e.g. `RootPolynomialRegression.fit_scenes(...)`."""
-        prior = cls(num_bands=regression.weights.shape[1])
+        prior = cls(num_bands=regression.weights.shape[1], degree=regression.degree)
         prior.weights.data.copy_(torch.from_numpy(regression.weights).float())
         return prior
 
     def forward(self, rgb: torch.Tensor) -> torch.Tensor:
         if rgb.ndim != 4 or rgb.shape[1] != 3:
             raise ValueError(f"RootPolynomialPrior: expected N x 3 x H x W RGB, got shape {tuple(rgb.shape)}")
-        features = root_polynomial_features(rgb.movedim(1, -1).to(self.weights.dtype))
+        features = root_polynomial_features(rgb.movedim(1, -1).to(self.weights.dtype), self.config.degree)
         return (features @ self.weights).movedim(-1, 1)
 
 
