@@ -18,10 +18,10 @@ import logging
 import os
 import re
 import shutil
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-import typing
 from typing import Any, Callable, Iterator, Optional, Sequence, Type, TypeVar
 
 import torch
