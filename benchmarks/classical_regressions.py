@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from uldm import CameraResponse
-from uldm.baseline import RootPolynomialRegression, scene_pixels
+from uldm.baseline import DEGREES, RootPolynomialRegression, scene_pixels
 from uldm.data import cave_split, default_cave_root
 from uldm.evaluation import evaluate
 from uldm.metrics import format_table
@@ -38,7 +38,7 @@ def compare_degrees(data: Path, camera: CameraResponse, degrees: Sequence[int]) 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=default_cave_root())
-    parser.add_argument("--degrees", type=int, nargs="+", default=[1, 2, 3, 4], choices=(1, 2, 3, 4))
+    parser.add_argument("--degrees", type=int, nargs="+", default=list(DEGREES), choices=DEGREES)
     parser.add_argument("--camera", default="nikon5100")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)

@@ -16,9 +16,9 @@ from typing import Optional
 import numpy as np
 import torch
 
+from uldm.baseline import RootPolynomialRegression
 from uldm.data import cave_split, default_cave_root, read_scene
 from uldm.metrics import evaluate_cube, format_table, mean_metrics
-from uldm.baseline import RootPolynomialRegression
 from uldm.models import SpeUAE
 from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code, residual_to_code
 from uldm.nullspace import ObservableSplit

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uldm.baseline import RootPolynomialRegression
+from uldm.baseline import DEGREES, RootPolynomialRegression
 from uldm.degradation import Degradation
 from uldm.models import SpeUAE
 from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code
@@ -94,7 +94,7 @@ class ULDMConfig(TrainConfig):
             raise ConfigError(f"min_train_timestep must be >= 0, got {self.min_train_timestep}")
         if self.code_prior not in CODE_PRIORS:
             raise ConfigError(f"code_prior must be one of {CODE_PRIORS}, got {self.code_prior!r}")
-        if self.code_prior_degree not in (1, 2, 3, 4):
+        if self.code_prior_degree not in DEGREES:
             raise ConfigError(f"code_prior_degree must be 1, 2, 3 or 4, got {self.code_prior_degree}")
         if self.code_residual_scale <= 0:
             raise ConfigError(f"code_residual_scale must be > 0, got {self.code_residual_scale}")
@@ -206,11 +206,10 @@ def load_uldm_parts(folder: Path) -> StableDiffusionParts:
 
 def is_uldm_pipeline(folder: Path) -> bool:
     """Whether `folder` holds a saved ULDM pipeline (training goes on from it) rather than a Stable Diffusion model."""
-    import json
+    from uldm.checkpoints import pipeline_class_name
 
     try:
-        class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
-        return class_name == "SpectralReconstructionPipeline"
+        return pipeline_class_name(folder) == "SpectralReconstructionPipeline"
     except (OSError, ValueError):
         return False
 

@@ -26,21 +26,21 @@ ROOT_POLYNOMIAL_EXPONENTS = {
     3: ((1, 2, 0), (0, 1, 2), (1, 0, 2), (2, 1, 0), (0, 2, 1), (2, 0, 1), (1, 1, 1)),
     4: ((3, 1, 0), (3, 0, 1), (1, 3, 0), (0, 3, 1), (1, 0, 3), (0, 1, 3), (2, 1, 1), (1, 2, 1), (1, 1, 2)),
 }
+DEGREES = tuple(ROOT_POLYNOMIAL_EXPONENTS)  # (1, 2, 3, 4)
 ROOTS = {1: "{}", 2: "sqrt({})", 3: "cbrt({})", 4: "root4({})"}
 
 
 def check_degree(degree: int) -> None:
-    if degree not in ROOT_POLYNOMIAL_EXPONENTS:
+    if degree not in DEGREES:
         raise ValueError(f"root-polynomial degree must be 1, 2, 3 or 4, got {degree}")
 
 
 def feature_names(degree: int = 2) -> tuple[str, ...]:
     """Names of the features of `degree` (1 to 4), constant last: ("r", "g", "b", "sqrt(rg)", ..., "1")."""
     check_degree(degree)
-    names = ["".join(channel * power for channel, power in zip("rgb", exponents))
-             for k in range(1, degree + 1) for exponents in ROOT_POLYNOMIAL_EXPONENTS[k]]
-    roots = [ROOTS[k] for k in range(1, degree + 1) for _ in ROOT_POLYNOMIAL_EXPONENTS[k]]
-    return (*(root.format(name) for root, name in zip(roots, names)), "1")
+    terms = (ROOTS[k].format("".join(channel * power for channel, power in zip("rgb", exponents)))
+             for k in range(1, degree + 1) for exponents in ROOT_POLYNOMIAL_EXPONENTS[k])
+    return (*terms, "1")
 
 
 FEATURE_NAMES = feature_names(2)
@@ -48,7 +48,7 @@ FEATURE_NAMES = feature_names(2)
 
 def degree_of(num_features: int) -> int:
     """The degree whose features number `num_features` (4, 7, 14 or 23): a weight matrix tells its own degree."""
-    for degree in ROOT_POLYNOMIAL_EXPONENTS:
+    for degree in DEGREES:
         if len(feature_names(degree)) == num_features:
             return degree
     raise ValueError(f"{num_features} rows match no root-polynomial degree (4, 7, 14 or 23 rows for degrees 1-4)")

@@ -56,13 +56,18 @@ def default_checkpoint() -> Path:
     raise FileNotFoundError(f"no shipped checkpoint found in {CHECKPOINTS_DIR} (looked for {DEFAULT_CHECKPOINTS})")
 
 
+def pipeline_class_name(folder: Path) -> Optional[str]:
+    """The class a saved pipeline's model_index.json names (OSError if there is none, ValueError if unreadable)."""
+    import json
+
+    return json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
+
+
 def load_pipeline(spec: Union[str, Path], *, revision: Optional[str] = None, cache_dir: Optional[str] = None,
                   local_files_only: bool = False, token: Optional[str] = None, **kwargs):
     """Any uldm pipeline (folder or hub id): the class is read from its model_index.json. `revision`,
     `cache_dir`, `local_files_only` and `token` go to the hub download; the rest (`dtype`, `variant`, ...)
     to the pipeline's `from_pretrained`."""
-    import json
-
     import uldm
 
     from .hub import resolve_pretrained
@@ -72,7 +77,7 @@ def load_pipeline(spec: Union[str, Path], *, revision: Optional[str] = None, cac
     index = folder / "model_index.json"
     if not index.exists():
         raise ValueError(f"{spec}: no model_index.json (expected a pipeline saved with save_pretrained)")
-    class_name = json.loads(index.read_text()).get("_class_name")
+    class_name = pipeline_class_name(folder)
     pipeline_class = getattr(uldm, str(class_name), None)
     if pipeline_class is None or not hasattr(pipeline_class, "from_pretrained"):
         raise ValueError(f"{spec}: model_index.json names {class_name!r}, which is not a uldm pipeline")

@@ -98,6 +98,8 @@ def run_info(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------------------------- baseline
 def add_baseline(subparsers: argparse._SubParsersAction) -> None:
+    from .baseline import DEGREES
+
     parser = subparsers.add_parser("baseline", help="root-polynomial regression baseline: fit / evaluate")
     actions = parser.add_subparsers(dest="action", required=True)
 
@@ -105,7 +107,7 @@ def add_baseline(subparsers: argparse._SubParsersAction) -> None:
     add_data_arguments(fit, default_split="train")
     add_camera_arguments(fit)
     fit.add_argument("-o", "--output", required=True, type=Path, help="where to write the fitted .npz")
-    fit.add_argument("--degree", type=int, default=2, choices=(1, 2, 3, 4),
+    fit.add_argument("--degree", type=int, default=2, choices=DEGREES,
                      help="root-polynomial degree (default 2, the baseline; 1 is linear regression)")
     fit.set_defaults(handler=run_baseline_fit)
 
