@@ -8,6 +8,7 @@ import pytest
 from uldm import CameraResponse
 from uldm.baseline import RootPolynomialRegression, root_polynomial_features
 from uldm.cli import main
+from uldm.data import cave_split
 from uldm.evaluation import evaluate
 
 
@@ -189,3 +190,34 @@ def test_geometric_ensemble_inverts_each_transform(load_benchmark, tiny_cave_roo
         [tiny_cave_root / "cd_ms", tiny_cave_root / "watercolors_ms"], camera).save(tmp_path / "b.npz")
     bench.main(["--checkpoint", str(path), "--data", str(tiny_cave_root), "--members", "1", "2"])
     assert "2 members" in capsys.readouterr().out
+
+
+def test_model_ensemble_scores_the_mean_of_memoised_answers(load_benchmark, tiny_cave_root, tmp_path, capsys):
+    bench = load_benchmark("model_ensemble")
+    calls = []
+    member = bench.memoised(lambda rgb: calls.append(1) or rgb.sum(-1, keepdims=True) * np.ones(31))
+    image = np.random.default_rng(0).random((4, 4, 3))
+    np.testing.assert_array_equal(member(image), member(image.copy()))
+    assert len(calls) == 1  # the second call, on equal pixels, is answered from memory
+    np.testing.assert_allclose(bench.average_of([lambda rgb: np.zeros(2), lambda rgb: np.full(2, 4.0)])(image), [2, 2])
+    assert bench.ensembles(["a", "b"]) == [("a",), ("b",), ("a", "b")]
+    assert bench.ensembles(["a", "b", "c"])[-1] == ("a", "b", "c") and len(bench.ensembles(["a", "b", "c"])) == 7
+    # the script end to end on two fitted regressions: the pair's row is the score of the averaged cubes
+    camera = CameraResponse.from_preset("nikon5100")
+    train = [tiny_cave_root / "cd_ms", tiny_cave_root / "watercolors_ms"]
+    paths = [str(RootPolynomialRegression.fit_scenes(train, camera, degree=degree).save(tmp_path / f"d{degree}.npz"))
+             for degree in (1, 2)]
+    bench.main([*paths, "--data", str(tiny_cave_root), "--json", str(tmp_path / "e.json")])
+    rows = json.loads((tmp_path / "e.json").read_text())
+    assert list(rows) == [paths[0], paths[1], f"{paths[0]} + {paths[1]}"]
+    models = [RootPolynomialRegression.load(path) for path in paths]
+    expected = evaluate(lambda rgb: (models[0](rgb) + models[1](rgb)) / 2, cave_split(tiny_cave_root)["val"], camera,
+                        progress=False).mean
+    assert rows[f"{paths[0]} + {paths[1]}"]["psnr"] == pytest.approx(expected["psnr"], abs=1e-4)
+    assert rows[paths[0]]["psnr"] != pytest.approx(rows[paths[1]]["psnr"], abs=1e-4)  # two different models
+    with pytest.raises(SystemExit):
+        bench.main([paths[0], paths[0], "--data", str(tiny_cave_root)])  # one model twice is no ensemble
+    other = RootPolynomialRegression.fit_scenes(train, CameraResponse.from_preset("cie1931")).save(tmp_path / "x.npz")
+    with pytest.raises(SystemExit):
+        bench.main([paths[0], str(other), "--data", str(tiny_cave_root)])  # answers for different cameras
+    assert "different cameras" in capsys.readouterr().err
