@@ -86,10 +86,6 @@ class ULDMConfig(TrainConfig):
         for name in ("pretrained_model_name_or_path", "speuae_path"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")
-        if self.mix_probability and self.precompute_latents:
-            raise ConfigError("mix_probability needs precompute_latents: false (the latent cache is encoded in chunks "
-                              "of one scene's patches, so mixtures would never cross scenes); tilt_std and gain_std "
-                              "work with either")
         if self.min_train_timestep < 0:
             raise ConfigError(f"min_train_timestep must be >= 0, got {self.min_train_timestep}")
         if self.code_prior not in CODE_PRIORS:

@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from uldm.latent_cache import encoding_order
 from uldm.models.sd_adapter import StableDiffusionLoadError, load_stable_diffusion, widen_conv_in
 from uldm.stages.train_uldm import ULDMConfig, train
 from uldm.training import ConfigError, checkpoints_in, load_config
@@ -244,20 +245,51 @@ def test_cached_latents_are_of_augmented_patches(tmp_path, tiny_sd_dir, tiny_spe
     config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, use_ema=False,
                                                   max_train_steps=2, checkpointing_steps=2, validation_steps=2,
                                                   precompute_latents=True, latent_cache_epochs=1,
-                                                  tilt_std=0.3, gain_std=0.2, code_prior="root_polynomial"))
+                                                  tilt_std=0.3, gain_std=0.2, mix_probability=1.0,
+                                                  code_prior="root_polynomial"))
     augmented = spy_on_augmentation(monkeypatch)
     pipeline = train(config)
     (hsi, rgb, hsi_out, rgb_out), = augmented  # the 8 patches are one cache chunk; training reads the cache
     parts, speuae = load_components(config)
-    assert (hsi_out - hsi).abs().max() > 1e-2  # tilted and scaled ...
+    assert (hsi_out - hsi).abs().max() > 1e-2  # tilted, mixed and scaled ...
     torch.testing.assert_close(speuae.split.render(hsi_out, dim=1), rgb_out, atol=1e-6, rtol=0)  # ... RGB to match
     with torch.no_grad():
         mean, std, condition = encode_latents(parts.vae, speuae, hsi_out, rgb_out, pipeline.code_prior,
                                               config.code_residual_scale)
     cache = LatentCacheDataset(Path(config.output_dir) / "latent_cache", 1)
-    for index in range(len(cache)):
-        torch.testing.assert_close(cache[index]["mean"], mean[index], atol=1e-5, rtol=0)
-        torch.testing.assert_close(cache[index]["condition"], condition[index], atol=1e-5, rtol=0)
+    order = encoding_order(len(cache), epoch=0)  # the chunk held the items in this order; the cache, by item
+    for row, index in enumerate(order.tolist()):
+        torch.testing.assert_close(cache[index]["mean"], mean[row], atol=1e-5, rtol=0)
+        torch.testing.assert_close(cache[index]["condition"], condition[row], atol=1e-5, rtol=0)
+
+
+def test_latent_cache_chunks_mix_scenes_and_rows_stay_in_item_order(tmp_path):
+    from uldm.latent_cache import LatentCacheDataset, build_latent_cache
+
+    class TwoScenes:  # items 0-7 are scene 0's patches, 8-15 scene 1's, as the patch dataset lists them
+        def set_epoch(self, epoch):
+            pass
+
+        def __len__(self):
+            return 16
+
+        def __getitem__(self, index):
+            return {"hsi": torch.full((1,), float(index)), "rgb": torch.full((1,), float(index // 8))}
+
+    chunks = []
+
+    def encode(hsi, rgb):
+        chunks.append(rgb.flatten().tolist())
+        return hsi * 2, hsi * 3, rgb
+
+    build_latent_cache(tmp_path, TwoScenes(), 2, encode, {"test": 1}, batch_size=8, show_progress=False)
+    assert len(chunks) == 4 and all(0.0 in chunk and 1.0 in chunk for chunk in chunks)  # each chunk: both scenes
+    cache = LatentCacheDataset(tmp_path, 2)
+    for epoch in (0, 1):
+        cache.set_epoch(epoch)
+        for index in range(16):  # row i is item i's, whatever order the chunks took
+            assert cache[index]["mean"].item() == 2 * index and cache[index]["condition"].item() == index // 8
+    assert encoding_order(16, 0).tolist() != encoding_order(16, 1).tolist()
 
 
 def test_weights_digest_follows_every_weight():
@@ -336,9 +368,6 @@ def test_refused_stage_2_combinations(tmp_path, tiny_sd_dir, tiny_speuae_dir, ti
     with pytest.raises(ConfigError, match="precompute_latents cannot be combined"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
                                              precompute_latents=True, train_vae_decoder=True))
-    with pytest.raises(ConfigError, match="mix_probability needs precompute_latents: false"):
-        load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
-                                             precompute_latents=True, mix_probability=0.5))
     with pytest.raises(ConfigError, match="code_prior must be one of"):
         load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, code_prior="mlp"))
     with pytest.raises(ConfigError, match="code_residual_scale must be > 0"):

@@ -43,6 +43,13 @@ def cache_is_current(folder: Path, epochs: int, fingerprint: dict) -> bool:
             and all(epoch_file(folder, e).exists() for e in range(epochs)))
 
 
+def encoding_order(length: int, epoch: int) -> torch.Tensor:
+    """The items of an epoch in a seeded random order. The dataset lists each scene's patches together; encoded in
+    this order, a chunk holds patches of many scenes, so a batch augmentation that pairs patches (`mix_patches`)
+    mixes materials across scenes, as it does on the live, shuffled batches."""
+    return torch.randperm(length, generator=torch.Generator().manual_seed(epoch))
+
+
 @torch.no_grad()
 def build_latent_cache(folder: Path, dataset, epochs: int, encode: Encoder, fingerprint: dict,
                        batch_size: int = 16, show_progress: bool = True) -> Path:
@@ -54,14 +61,16 @@ def build_latent_cache(folder: Path, dataset, epochs: int, encode: Encoder, fing
     (folder / "fingerprint.json").unlink(missing_ok=True)  # invalid until every epoch is rewritten
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
+        order = encoding_order(len(dataset), epoch)
         parts: dict[str, list[torch.Tensor]] = {"mean": [], "std": [], "condition": []}
-        for start in tqdm(range(0, len(dataset), batch_size), desc=f"latent cache, epoch {epoch}", disable=not show_progress):
-            items = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+        for chunk in tqdm(order.split(batch_size), desc=f"latent cache, epoch {epoch}", disable=not show_progress):
+            items = [dataset[int(i)] for i in chunk]
             mean, std, condition = encode(torch.stack([x["hsi"] for x in items]), torch.stack([x["rgb"] for x in items]))
             for key, value in zip(parts, (mean, std, condition)):
                 parts[key].append(value.float().cpu())
+        by_item = torch.argsort(order)  # back to dataset order: row i is item i's latents
         tmp = folder / f".tmp-epoch-{epoch}.safetensors"
-        save_file({k: torch.cat(v).contiguous() for k, v in parts.items()}, str(tmp))
+        save_file({k: torch.cat(v)[by_item].contiguous() for k, v in parts.items()}, str(tmp))
         tmp.replace(epoch_file(folder, epoch))
     (folder / "fingerprint.json").write_text(json.dumps(fingerprint))
     return folder
