@@ -182,7 +182,7 @@ def test_bad_pretrained_path_is_reported_by_the_entry_point(tmp_path, tiny_speua
 
 
 @pytest.mark.parametrize("name", ["uldm_cave_small.yaml", "uldm_arad_sd21.yaml", "uldm_cave_base.yaml",
-                                  "uldm_cave_prior.yaml", "uldm_cave_tilt.yaml"])
+                                  "uldm_cave_prior.yaml", "uldm_cave_tilt.yaml", "uldm_cave_mix.yaml"])
 def test_shipped_configs_are_valid(name):
     config = load_config(ULDMConfig, REPO / "stages" / "configs" / name)
     assert config.pretrained_model_name_or_path and config.speuae_path
