@@ -12,13 +12,9 @@ Heavy parts (models, pipelines) are imported lazily so `import uldm` and the CLI
 from __future__ import annotations
 
 import importlib
-import warnings
 from typing import Any
 
 __version__ = "0.1.0"
-
-# colour-science announces on import that its SciPy-based features are off; uldm uses none of them (no SciPy dependency)
-warnings.filterwarnings("ignore", message='"SciPy" related API features are not available')
 
 from .camera import CameraError, CameraResponse, available_cameras
 from .degradation import Degradation
