@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,7 @@ import torch
 from uldm.checkpoints import PipelineReconstructor, load_reconstructor
 from uldm.data import cave_split, default_cave_root, list_scenes
 from uldm.evaluation import evaluate
+from uldm.io import save_json
 
 COST_SIZE = 256
 COLUMNS = (  # (key, header, format)
@@ -157,7 +157,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="baseline .npz, pipeline folders or hub ids")
     parser.add_argument("--data", type=Path, default=default_cave_root(), help="CAVE root (default: ../shared/data/cave)")
-    parser.add_argument("--split", choices=["val", "all"], default="val", help="CAVE val split (default) or all scenes")
+    parser.add_argument("--split", choices=["val", "train", "all"], default="val",
+                        help="CAVE val split (default), train split (how well the training scenes were learnt) or all scenes")
     parser.add_argument("--steps", type=int, help="denoising steps (default: each pipeline's)")
     parser.add_argument("--ensemble", type=int, help="samples per image (default: each pipeline's)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
@@ -172,7 +173,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def scenes_for(root: Optional[Path], split: str) -> list[Path]:
     if root is None or not Path(root).is_dir():
         raise SystemExit(f"error: CAVE data not found at {root} (give --data or set $ULDM_CAVE_ROOT)")
-    return list_scenes(root, "cave") if split == "all" else cave_split(root)["val"]
+    return list_scenes(root, "cave") if split == "all" else cave_split(root)[split]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -196,8 +197,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
           f"{torch.get_num_threads()} CPU threads")
     print(format_rows(rows))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"rows": rows, "evaluations": details}, indent=2, default=float))
+        save_json({"rows": rows, "evaluations": details}, args.json)
         print(f"wrote {args.json}")
     return 0
 

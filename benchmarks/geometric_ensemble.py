@@ -13,7 +13,6 @@ rendered with the checkpoint's camera); seconds are per 256 x 256 image, all mem
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -22,6 +21,7 @@ import numpy as np
 from uldm.checkpoints import load_reconstructor
 from uldm.data import cave_split, default_cave_root
 from uldm.evaluation import evaluate
+from uldm.io import save_json
 from uldm.metrics import format_table
 
 
@@ -69,7 +69,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"geometric self-ensemble of {args.checkpoint or 'the shipped checkpoint'} on CAVE val ({len(scenes)} scenes)")
     print(format_table(rows, first_column="ensemble", mean_row=False))
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
+        save_json(rows, args.json)
 
 
 if __name__ == "__main__":

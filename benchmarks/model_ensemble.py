@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import itertools
-import json
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 from uldm.checkpoints import load_reconstructor
 from uldm.data import cave_split, default_cave_root
 from uldm.evaluation import evaluate
+from uldm.io import save_json
 from uldm.metrics import format_table
 
 Reconstruct = Callable[[np.ndarray], np.ndarray]
@@ -81,7 +81,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     print(f"averages of models' answers on CAVE val ({len(scenes)} scenes, {camera.name})")
     print(format_table(rows, first_column="ensemble", mean_row=False))
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
+        save_json(rows, args.json)
 
 
 if __name__ == "__main__":

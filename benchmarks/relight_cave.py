@@ -11,7 +11,6 @@ Von Kries needs no spectra: it scales the input RGB by the ratio of the white's 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from uldm.baseline import RootPolynomialRegression
 from uldm.checkpoints import CHECKPOINTS_DIR, load_reconstructor
 from uldm.data import cave_split, default_cave_root, read_scene
+from uldm.io import save_json
 from uldm.relight import relight_figure, relight_metrics, relight_table
 
 
@@ -48,7 +48,7 @@ def main() -> None:
     print(f"CAVE val, pooled over all pixels; 'reconstruction' = {args.checkpoint or 'default checkpoint'}")
     print(relight_table(pooled))
     if args.json is not None:
-        args.json.write_text(json.dumps(pooled, indent=2, default=float))
+        save_json(pooled, args.json)
 
 
 if __name__ == "__main__":

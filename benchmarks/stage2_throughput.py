@@ -26,9 +26,9 @@ from uldm.camera import CameraResponse
 from uldm.models import SpeUAE
 from uldm.models.sd_adapter import encode_empty_prompt, widen_conv_in
 from uldm.sd_scaffold import SIZES, build_small_sd
+from uldm.spectral import DEFAULT_GRID
 from uldm.stages.train_uldm import denoising_loss, encode_latents
 from uldm.training import TrainConfig, build_accelerator
-from uldm.spectral import DEFAULT_GRID
 
 
 def synchronize(device: torch.device) -> None:

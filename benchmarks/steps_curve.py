@@ -11,7 +11,6 @@ checkpoint's own camera (clean, linear).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from uldm.checkpoints import load_pipeline, PipelineReconstructor
 from uldm.data import cave_split, default_cave_root
 from uldm.evaluation import evaluate
+from uldm.io import save_json
 from uldm.metrics import format_table
 
 
@@ -66,7 +66,7 @@ def main() -> None:
                    xlabel="denoising steps", ylabel="PSNR (dB)", title=f"ULDM on CAVE {args.split}: quality vs steps")
         print(f"wrote {args.plot}")
     if args.json is not None:
-        args.json.write_text(json.dumps(rows, indent=2))
+        save_json(rows, args.json)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 import uldm
 from uldm import CameraResponse, DEFAULT_GRID, SpectralGrid, SpectralGridError
-from uldm.io import CubeFileError, atomic_write, load_cube, load_cube_attrs, save_cube
+from uldm.io import CubeFileError, atomic_write, load_cube, load_cube_attrs, save_cube, save_json
 
 WL = DEFAULT_GRID.as_array()
 
@@ -249,6 +250,15 @@ def test_atomic_write_without_writing_fails_cleanly(tmp_path):
         with atomic_write(tmp_path / "empty.bin"):
             pass
     assert leftovers(tmp_path) == []
+
+
+def test_save_json_writes_numbers_and_keeps_the_old_file_on_bad_data(tmp_path):
+    target = tmp_path / "sub" / "rows.json"
+    assert save_json({"psnr": np.float32(33.5), "n": 4}, target) == target  # parent folders are made
+    assert json.loads(target.read_text()) == {"psnr": 33.5, "n": 4}
+    with pytest.raises(TypeError):
+        save_json({"psnr": object()}, target)  # not serialisable: fails before anything is written
+    assert json.loads(target.read_text()) == {"psnr": 33.5, "n": 4} and leftovers(target.parent) == ["rows.json"]
 
 
 def test_lazy_exports():

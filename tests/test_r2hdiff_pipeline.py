@@ -314,3 +314,13 @@ def test_compare_models_prints_one_table_and_measures_the_projection(tiny_r2h_pi
 
     assert free["gflops_per_step"] * 1e9 == pytest.approx(count_flops(tiny_r2h_pipeline.net, size=32))
     assert free["gflops_per_image"] == pytest.approx(5 * free["gflops_per_step"], rel=0.01)  # + rendering for rgb_error
+
+
+def test_compare_models_scores_each_cave_split(tiny_cave_root, load_benchmark):
+    from uldm.data import cave_split
+
+    scenes_for, split = load_benchmark("compare_models").scenes_for, cave_split(tiny_cave_root)
+    assert scenes_for(tiny_cave_root, "train") == split["train"] and scenes_for(tiny_cave_root, "val") == split["val"]
+    assert sorted(scenes_for(tiny_cave_root, "all")) == sorted(split["train"] + split["val"])
+    with pytest.raises(SystemExit, match="CAVE data not found"):
+        scenes_for(tiny_cave_root / "missing", "train")

@@ -6,7 +6,6 @@ ULDM pipeline and R2H-Diff are scored by the same code and the same metrics.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,12 +42,9 @@ class EvaluationResult:
         return {"settings": self.settings, "per_scene": self.per_scene, "mean": self.mean}
 
     def save_json(self, path: Union[str, Path]) -> Path:
-        from .io import atomic_write
+        from .io import save_json
 
-        path = Path(path)
-        with atomic_write(path) as tmp:
-            Path(tmp).write_text(json.dumps(self.to_dict(), indent=2, default=float))
-        return path
+        return save_json(self.to_dict(), path)
 
 
 def evaluate(

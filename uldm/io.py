@@ -58,6 +58,15 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         raise
 
 
+def save_json(data: Any, path: PathLike) -> Path:
+    """Write `data` as indented JSON, atomically (numpy and torch scalars are written as floats)."""
+    path = Path(path)
+    text = json.dumps(data, indent=2, default=float)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+    return path
+
+
 # ------------------------------------------------------------------------------------------------ saving
 def _as_numpy(cube: Any) -> np.ndarray:
     if hasattr(cube, "detach"):  # a torch tensor, without importing torch here
