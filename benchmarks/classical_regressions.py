@@ -39,8 +39,7 @@ def compare_degrees(data: Path, camera: CameraResponse, degrees: Sequence[int],
     for degree in degrees:
         model = RootPolynomialRegression.fit(rgb, spectra, camera, degree)
         result = evaluate(model, split["val"], camera, progress=False)
-        rows[f"degree {degree}"] = {k: result.mean[k] for k in ("mrae", "rmse", "psnr", "sam", "rgb_error")}
-        rows[f"degree {degree}"].update({f"psnr {name}": row["psnr"] for name, row in result.per_scene.items()})
+        rows[f"degree {degree}"] = result.row(per_scene="psnr")
     return rows
 
 

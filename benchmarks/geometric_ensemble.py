@@ -20,7 +20,7 @@ import numpy as np
 
 from uldm.checkpoints import load_reconstructor
 from uldm.data import cave_split, default_cave_root
-from uldm.evaluation import evaluate
+from uldm.evaluation import ROW_KEYS, evaluate
 from uldm.io import save_json
 from uldm.metrics import format_table
 
@@ -65,7 +65,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     rows = {}
     for members in args.members:
         result = evaluate(GeometricEnsemble(model, members), scenes, model.camera, progress=False)
-        rows[f"{members} members"] = {k: result.mean[k] for k in ("mrae", "rmse", "psnr", "sam", "rgb_error", "seconds")}
+        rows[f"{members} members"] = result.row((*ROW_KEYS, "seconds"))
     print(f"geometric self-ensemble of {args.checkpoint or 'the shipped checkpoint'} on CAVE val ({len(scenes)} scenes)")
     print(format_table(rows, first_column="ensemble", mean_row=False))
     if args.json is not None:

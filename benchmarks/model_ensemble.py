@@ -75,9 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     rows = {}
     for group in ensembles(list(members)):
         result = evaluate(average_of([members[name] for name in group]), scenes, camera, progress=False)
-        row = {k: result.mean[k] for k in ("mrae", "rmse", "psnr", "sam", "rgb_error")}
-        row.update({f"psnr {scene}": metrics["psnr"] for scene, metrics in result.per_scene.items()})
-        rows[" + ".join(group)] = row
+        rows[" + ".join(group)] = result.row(per_scene="psnr")
     print(f"averages of models' answers on CAVE val ({len(scenes)} scenes, {camera.name})")
     print(format_table(rows, first_column="ensemble", mean_row=False))
     if args.json is not None:

@@ -19,7 +19,7 @@ import torch
 
 from uldm.checkpoints import load_pipeline, PipelineReconstructor
 from uldm.data import cave_split, default_cave_root
-from uldm.evaluation import evaluate
+from uldm.evaluation import ROW_KEYS, evaluate
 from uldm.io import save_json
 from uldm.metrics import format_table
 
@@ -52,7 +52,7 @@ def main() -> None:
     rows = {}
     for steps in args.steps:
         result = evaluate(PipelineReconstructor(pipeline, steps=steps), scenes, pipeline.camera, progress=False)
-        rows[f"{steps} steps"] = {k: result.mean[k] for k in ("mrae", "rmse", "psnr", "sam", "rgb_error", "seconds")}
+        rows[f"{steps} steps"] = result.row((*ROW_KEYS, "seconds"))
     print(f"CAVE {args.split} ({len(scenes)} scenes, 256x256), {torch.get_num_threads()} CPU threads, "
           f"checkpoint {args.checkpoint}")
     print(format_table(rows, first_column="steps", mean_row=False))

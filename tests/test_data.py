@@ -204,6 +204,8 @@ def test_cave_split_on_tiny_root(tiny_cave_root):
     split = cave_split(tiny_cave_root)
     assert [p.name for p in split["val"]] == ["balloons_ms"]
     assert [p.name for p in split["train"]] == ["cd_ms", "watercolors_ms"]
+    with pytest.raises(DatasetError, match=r"no CAVE data found.*ULDM_CAVE_ROOT"):
+        cave_split(None)  # default_cave_root() when no data are found
 
 
 def test_split_file_and_selection(tmp_path, tiny_cave_root):

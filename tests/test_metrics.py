@@ -222,3 +222,13 @@ def test_format_table_can_compare_models_without_a_mean_row():
 
     table = format_table({"a": {"psnr": 30.0}, "b": {"psnr": 40.0}}, first_column="model", mean_row=False)
     assert table.splitlines()[0].startswith("model") and "mean" not in table
+
+
+def test_evaluation_row_takes_means_and_per_scene_columns():
+    from uldm.evaluation import ROW_KEYS, EvaluationResult
+
+    result = EvaluationResult({"a": dict.fromkeys((*ROW_KEYS, "seconds"), 1.0) | {"psnr": 30.0},
+                               "b": dict.fromkeys((*ROW_KEYS, "seconds"), 3.0) | {"psnr": 40.0}})
+    assert result.row() == {"mrae": 2.0, "rmse": 2.0, "psnr": 35.0, "sam": 2.0, "rgb_error": 2.0}
+    assert result.row(("psnr", "seconds"), per_scene="psnr") == {"psnr": 35.0, "seconds": 2.0, "psnr a": 30.0,
+                                                                  "psnr b": 40.0}

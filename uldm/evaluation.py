@@ -18,6 +18,7 @@ from .camera import CameraResponse
 from .degradation import Degradation
 
 Reconstruct = Callable[[np.ndarray], np.ndarray]
+ROW_KEYS = ("mrae", "rmse", "psnr", "sam", "rgb_error")  # the accuracy columns of a comparison row
 
 
 @dataclass
@@ -32,6 +33,15 @@ class EvaluationResult:
         from .metrics import mean_metrics
 
         return mean_metrics(list(self.per_scene.values()))
+
+    def row(self, keys: Sequence[str] = ROW_KEYS, per_scene: Optional[str] = None) -> dict[str, float]:
+        """One row of a table comparing models: the mean of `keys`, then, if `per_scene` names a metric, its value
+        for every scene as "<metric> <scene>" (e.g. "psnr balloons_ms")."""
+        mean = self.mean
+        row = {key: mean[key] for key in keys}
+        if per_scene is not None:
+            row.update({f"{per_scene} {scene}": metrics[per_scene] for scene, metrics in self.per_scene.items()})
+        return row
 
     def table(self) -> str:
         from .metrics import format_table

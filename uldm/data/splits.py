@@ -30,8 +30,11 @@ def default_cave_root() -> Optional[Path]:
     return candidate if candidate.is_dir() else None
 
 
-def cave_split(root: PathLike) -> dict[str, list[Path]]:
-    """{"train": [...], "val": [...]} over the CAVE scenes present under `root`, val being `CAVE_VAL_SCENES`."""
+def cave_split(root: Optional[PathLike]) -> dict[str, list[Path]]:
+    """{"train": [...], "val": [...]} over the CAVE scenes present under `root`, val being `CAVE_VAL_SCENES`.
+    `root` may be `default_cave_root()`'s None (no data found), which is an error saying where data are looked for."""
+    if root is None:
+        raise DatasetError(f"no CAVE data found: give the CAVE root (--data DIR) or set ${CAVE_ROOT_ENV}")
     scenes = list_scenes(root, "cave")
     val = [p for p in scenes if p.name in CAVE_VAL_SCENES]
     if not val:
