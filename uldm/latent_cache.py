@@ -19,6 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from .io import save_json
+
 Encoder = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
@@ -72,7 +74,7 @@ def build_latent_cache(folder: Path, dataset, epochs: int, encode: Encoder, fing
         tmp = folder / f".tmp-epoch-{epoch}.safetensors"
         save_file({k: torch.cat(v)[by_item].contiguous() for k, v in parts.items()}, str(tmp))
         tmp.replace(epoch_file(folder, epoch))
-    (folder / "fingerprint.json").write_text(json.dumps(fingerprint))
+    save_json(fingerprint, folder / "fingerprint.json")  # atomically: the file marks the cache complete
     return folder
 
 
