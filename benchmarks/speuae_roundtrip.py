@@ -19,7 +19,7 @@ import torch
 from uldm.baseline import RootPolynomialRegression
 from uldm.data import cave_split, default_cave_root, read_scene
 from uldm.metrics import evaluate_cube, format_table, mean_metrics
-from uldm.models import SpeUAE
+from uldm.models import SpeUAE, spaae
 from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code, residual_to_code
 from uldm.nullspace import ObservableSplit
 
@@ -64,11 +64,12 @@ def speuae_model(model: SpeUAE, refine_steps: int):
 
 
 def fit_latent(vae, latent: torch.Tensor, code: torch.Tensor, steps: int, lr: float = 0.05) -> torch.Tensor:
-    """`steps` Adam steps on the latent so the VAE decodes it closer (squared error) to `code`."""
+    """`steps` Adam steps on the (scaled) latent so the SpaAE decodes it closer (squared error) to `code`; `lr` is
+    the step in the autoencoder's own, unscaled latent units."""
     latent = latent.detach().clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([latent], lr=lr)
+    optimizer = torch.optim.Adam([latent], lr=lr * vae.config.scaling_factor)
     for _ in range(steps):
-        loss = (vae.decode(latent).sample - code).pow(2).mean()
+        loss = (spaae.decode(vae, latent) - code).pow(2).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -87,7 +88,7 @@ def prior_model(model: SpeUAE, prior: RootPolynomialPrior):
 
 
 def spaae_model(model: SpeUAE, vae, fit_steps: int = 0, prior: Optional[RootPolynomialPrior] = None, scale: float = 1.0):
-    """Code through the VAE (encode, posterior mean, decode) before decoding: the ULDM's ceiling. With a `prior`,
+    """Code through the SpaAE (encode: a KL posterior's mean; decode) before decoding: the ULDM's ceiling. With a `prior`,
     the VAE carries the code's residual from the prior's code times `scale`, as in a ULDM trained with that prior.
     With `fit_steps` (diagnostic), the latent is then fitted to the VAE's target image (`fit_latent`): what the
     ceiling would be if the VAE encoder picked the best latent its decoder can use."""
@@ -99,10 +100,10 @@ def spaae_model(model: SpeUAE, vae, fit_steps: int = 0, prior: Optional[RootPoly
             code = model.encode(hsi, rgb)  # with the model's own refine_steps
             anchor = prior_code(prior, model, rgb)  # None without a prior: the VAE carries the code itself
             target = code_to_residual(code, anchor, scale)
-            latent = vae.encode(target).latent_dist.mode()
+            latent = spaae.encode(vae, target)
         latent = fit_latent(vae, latent, target, fit_steps) if fit_steps else latent
         with torch.no_grad():
-            decoded = vae.decode(latent).sample.clamp(-1, 1)
+            decoded = spaae.decode(vae, latent).clamp(-1, 1)
             return as_cube(model.decode(residual_to_code(decoded, anchor, scale), rgb))
 
     return round_trip
@@ -129,7 +130,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--speuae", type=Path, required=True, help="folder written by save_pretrained")
     parser.add_argument("--data", type=Path, default=default_cave_root())
-    parser.add_argument("--vae", type=Path, help="also pass the code through this SD VAE (folder with config.json)")
+    parser.add_argument("--vae", type=Path, help="also pass the code through this SpaAE (an AutoencoderKL or "
+                        "AutoencoderTiny folder, or a pipeline folder with vae/)")
     parser.add_argument("--vae-fit-steps", type=int, default=0,
                         help="with --vae, also score latents fitted to the code by this many Adam steps (diagnostic: "
                              "how much of the VAE's ceiling is its encoder's choice of latent)")
@@ -169,9 +171,7 @@ def main() -> None:
     if prior is not None:
         models["prior's code (root-polynomial spectra, encoded)"] = prior_model(model, prior)
     if args.vae is not None:
-        from diffusers import AutoencoderKL
-
-        vae = AutoencoderKL.from_pretrained(args.vae).eval().requires_grad_(False)
+        vae = spaae.load_spaae(args.vae).eval().requires_grad_(False)
         models["SpeUAE + SpaAE (VAE round trip)"] = spaae_model(model, vae)
         if prior is not None:
             models[f"SpeUAE + SpaAE carrying {args.residual_scale:g} x the residual from the prior's code"] = spaae_model(

@@ -18,9 +18,10 @@ from typing import Optional, Union
 
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, UNet2DConditionModel
 from diffusers.schedulers import SchedulerMixin
 
+from uldm.models import spaae
 from uldm.models.code_prior import RootPolynomialPrior, prior_code, residual_to_code
 from uldm.models.sd_adapter import PromptEmbedding
 from uldm.models.speuae import SpeUAE
@@ -44,7 +45,8 @@ from .common import (
 class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
     """RGB-guided latent diffusion of the SpeUAE code, then exact spectral composition.
 
-    Components: `unet` (SD UNet with conv_in widened to [RGB latent, code latent]), `vae` (the SpaAE),
+    Components: `unet` (SD UNet with conv_in widened to [RGB latent, code latent]), `vae` (the SpaAE: an
+    AutoencoderKL or a tiny AutoencoderTiny, see `uldm.models.spaae`),
     `scheduler` (DDIM with trailing spacing: 1 step starts at t=999), `speuae` (stage 1) and
     `prompt_embedding` (the empty prompt, encoded once: no text encoder at inference) and, optionally,
     `code_prior` (a per-pixel regression whose code the diffusion model corrects; see `uldm.models.code_prior`).
@@ -57,7 +59,7 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
     def __init__(
         self,
         unet: UNet2DConditionModel,
-        vae: AutoencoderKL,
+        vae: Union[AutoencoderKL, AutoencoderTiny],
         scheduler: SchedulerMixin,
         speuae: SpeUAE,
         prompt_embedding: PromptEmbedding,
@@ -85,7 +87,7 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
     # ------------------------------------------------------------------------------------------ helpers
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return spaae.downsampling_factor(self.vae)
 
     @property
     def size_multiple(self) -> int:
@@ -97,15 +99,13 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         return self.speuae.camera
 
     def encode_rgb(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Linear RGB in [0, 1] -> condition latents (posterior mean, scaled), in the UNet's dtype."""
-        latent = self.vae.encode((rgb * 2 - 1).to(self.vae.dtype)).latent_dist.mode()
-        return (latent * self.vae.config.scaling_factor).to(self.unet.dtype)
+        """Linear RGB in [0, 1] -> condition latents (scaled; a KL posterior's mean), in the UNet's dtype."""
+        return spaae.encode(self.vae, rgb * 2 - 1).to(self.unet.dtype)
 
     def decode_latents(self, latent: torch.Tensor) -> torch.Tensor:
         """Latents -> the VAE's image in [-1, 1]: the code, or with a prior the scaled residual (each component
         runs in its own dtype: mixed-precision training keeps a bf16/fp16 VAE beside an fp32 UNet)."""
-        latent = (latent / self.vae.config.scaling_factor).to(self.vae.dtype)
-        return self.vae.decode(latent).sample.clamp(-1, 1)
+        return spaae.decode(self.vae, latent).clamp(-1, 1)
 
     def add_prior(self, decoded: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         """VAE images -> codes: unchanged without a prior, else prior code + residual / scale (the members of an

@@ -1,15 +1,22 @@
-"""Pre-train a small SpaAE (the SD VAE) on RGB and code images, for when no pretrained SD VAE can be downloaded.
+"""Adapt the SpaAE (the Stable Diffusion checkpoint's autoencoder) to what it will carry: RGB and code images.
 
-    accelerate launch stages/pretrain_spaae.py --config stages/configs/spaae_cave_small.yaml
+    accelerate launch stages/pretrain_spaae.py --config stages/configs/spaae_cave_taesd3.yaml
 
-A real Stable Diffusion VAE already reconstructs images well, and stage 2 starts from it. The small SD-architecture
-checkpoint made by `python -m uldm.sd_scaffold` has random weights, so before stage 2 its VAE learns to reconstruct
-what it will carry: RGB images (the condition) and SpeUAE code images (the target), with the usual L1 + small KL
-loss. The trained VAE is written back into the SD folder (vae/), which stage 2 then loads like any SD checkpoint.
+Stage 2 passes two kinds of image through the SpaAE: the RGB condition and the SpeUAE code image. A pretrained
+autoencoder (TAESD, `python -m uldm.sd_scaffold ... --vae taesd3`) knows natural images but has never seen a
+code image; one with random weights (`python -m uldm.sd_scaffold ... --vae kl`) knows nothing. This stage trains
+both halves on CAVE RGB patches and their code images (L1, plus a small KL term for a KL autoencoder).
+
+`latent_anchor_weight` keeps the encoder's RGB latents where they started (mean squared distance to the starting
+encoder's), so a UNet pretrained in that latent space (`stages/pretrain_rgb.py`) still speaks it after adaptation.
+
+The result is a copy of `sd_folder` with the adapted vae/ in <output_dir>/sd (sd_folder itself is never modified),
+which stage 2 loads like any Stable Diffusion checkpoint.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from uldm.models import SpeUAE
+from uldm.models import SpeUAE, spaae
+from uldm.models.sd_adapter import save_sd_folder
 from uldm.training import (
     stage_main,
     ConfigError,
@@ -30,16 +38,16 @@ from uldm.training import (
     config_dict,
     full_model,
     resume,
-    save_pretrained_atomic,
     train_loop,
 )
 
 
 @dataclass
 class SpaAEConfig(TrainConfig):
-    sd_folder: Optional[str] = None  # the SD checkpoint whose vae/ is trained and replaced (required)
+    sd_folder: Optional[str] = None  # the SD checkpoint whose vae/ is adapted (required; never modified)
     speuae_path: Optional[str] = None  # stage-1 output: turns spectra into the code images to reconstruct (required)
-    kl_weight: float = 1e-6
+    kl_weight: float = 1e-6  # KL autoencoders only (a tiny autoencoder's latent is deterministic)
+    latent_anchor_weight: float = 0.0  # x mean squared distance of RGB latents from the starting encoder's
     learning_rate: float = 1e-3
 
     def validate(self) -> None:
@@ -47,35 +55,36 @@ class SpaAEConfig(TrainConfig):
         for name in ("sd_folder", "speuae_path"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")
+        if self.latent_anchor_weight < 0:
+            raise ConfigError(f"latent_anchor_weight must be >= 0, got {self.latent_anchor_weight}")
 
 
 class VAEObjective(nn.Module):
-    """encode -> sample -> decode, returning (L1 reconstruction, KL): one forward, so DDP syncs every gradient."""
+    """The SpaAE's training pass (`spaae.reconstruct`) as one module forward, so DDP syncs every gradient."""
 
     def __init__(self, vae) -> None:
         super().__init__()
         self.vae = vae
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        posterior = self.vae.encode(images).latent_dist
-        reconstruction = self.vae.decode(posterior.sample()).sample
-        return F.l1_loss(reconstruction, images), posterior.kl().mean()
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(reconstruction, scaled latents, KL)."""
+        return spaae.reconstruct(self.vae, images)
 
     def fresh_copy(self) -> "VAEObjective":
-        """The same wrapper around a new VAE of the same config: what `full_model` loads gathered weights into."""
+        """The same wrapper around a new SpaAE of the same config: what `full_model` loads gathered weights into."""
         return VAEObjective(type(self.vae).from_config(self.vae.config))
 
 
 def train(config: SpaAEConfig, resume_from: Optional[str] = None):
     from accelerate.utils import set_seed
-    from diffusers import AutoencoderKL
 
     accelerator = build_accelerator(config)
     set_seed(config.seed)
-    vae_folder = Path(config.sd_folder) / "vae"
-    if not (vae_folder / "config.json").exists():
-        raise ConfigError(f"sd_folder {config.sd_folder}: no vae/config.json")
-    vae = AutoencoderKL.from_pretrained(str(vae_folder))
+    try:
+        vae = spaae.load_spaae(Path(config.sd_folder) / "vae")
+    except spaae.SpaAELoadError as exc:
+        raise ConfigError(f"sd_folder: {exc}") from exc
+    anchor = copy.deepcopy(vae).requires_grad_(False).eval() if config.latent_anchor_weight else None
     speuae = SpeUAE.from_pretrained(config.speuae_path).requires_grad_(False).eval()
     dataset, sampler, loader = build_train_loader(config, speuae.camera)
     objective = VAEObjective(vae)
@@ -83,30 +92,42 @@ def train(config: SpaAEConfig, resume_from: Optional[str] = None):
     lr_scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
     objective, optimizer, loader, lr_scheduler = accelerator.prepare(objective, optimizer, loader, lr_scheduler)
     speuae.to(accelerator.device)
+    if anchor is not None:
+        anchor.to(accelerator.device)
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
     step = resume(accelerator, Path(config.output_dir), resume_from)
 
     def loss_fn(batch):
+        rgb = batch["rgb"].to(accelerator.device) * 2 - 1
         with torch.no_grad():
-            code = speuae.encode(batch["hsi"], batch["rgb"])
-        images = torch.cat([batch["rgb"] * 2 - 1, code])  # both things stage 2 passes through the VAE
-        l1, kl = objective(images)
-        return l1 + config.kl_weight * kl, {"train/l1": l1.item(), "train/kl": kl.item()}
+            code = speuae.encode(batch["hsi"].to(accelerator.device), batch["rgb"].to(accelerator.device))
+        images = torch.cat([rgb, code])  # both things stage 2 passes through the SpaAE
+        reconstruction, latents, kl = objective(images)
+        l1 = F.l1_loss(reconstruction.float(), images.float())
+        loss, logs = l1 + config.kl_weight * kl, {"train/l1": l1.item(), "train/kl": kl.item()}
+        if anchor is not None:
+            with torch.no_grad():
+                start = spaae.encode(anchor, rgb)
+            drift = F.mse_loss(latents[:len(rgb)].float(), start.float())
+            loss = loss + config.latent_anchor_weight * drift
+            logs["train/rgb_latent_drift"] = drift.item()
+        return loss, logs
 
     train_loop(accelerator, config, models=[objective], optimizer=optimizer, lr_scheduler=lr_scheduler, loader=loader,
                dataset=dataset, sampler=sampler, start_step=step, loss_fn=loss_fn, desc="SpaAE")
     accelerator.wait_for_everyone()
     vae = full_model(accelerator, objective, rebuild=VAEObjective.fresh_copy).vae  # every process (FSDP: collective)
     if accelerator.is_main_process:
-        save_pretrained_atomic(vae, vae_folder)
-        accelerator.print(f"wrote the trained SpaAE to {vae_folder}")
+        folder = save_sd_folder(config.sd_folder, Path(config.output_dir) / "sd", vae=vae)
+        accelerator.print(f"wrote {folder} ({config.sd_folder} with the adapted SpaAE in vae/)")
     accelerator.end_training()
     return vae
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    return stage_main("Pre-train a small SpaAE (SD VAE) on RGB and code images", SpaAEConfig, train, argv)
+    return stage_main("Adapt the SpaAE (the SD checkpoint's autoencoder) to RGB and code images", SpaAEConfig, train,
+                      argv)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from uldm.models import SpeUAE
+from uldm.models import SpeUAE, spaae
+from uldm.models.spaae import SpaAELoadError, load_frozen_spaae
 from uldm.training import (
     averaged_weights,
     build_ema,
@@ -32,7 +33,6 @@ from uldm.training import (
     config_dict,
     final_model,
     full_model,
-    load_frozen_vae,
     resume,
     sample_pixels,
     save_pretrained_atomic,
@@ -56,7 +56,7 @@ class SpeUAEConfig(TrainConfig):
     linear_init_pixels: int = 200_000  # start from the PCA code of this many training pixels (0: random start)
     sam_weight: float = 0.0
     mse_weight: float = 0.0  # + this x mean squared error (the quantity PSNR scores; L1 alone favours MRAE)
-    vae_path: Optional[str] = None  # an SD-format VAE (folder with config.json, or a pipeline folder with vae/)
+    vae_path: Optional[str] = None  # a SpaAE (AutoencoderKL / AutoencoderTiny folder, or a pipeline folder with vae/)
     vae_loss_weight: float = 0.1
 
     def validate(self) -> None:
@@ -113,11 +113,10 @@ def validate_on_main(accelerator, model: SpeUAE, scenes: Sequence[Path], config:
 
 
 def vae_round_trip(vae) -> Callable[[torch.Tensor], torch.Tensor]:
-    """code -> VAE.decode(VAE.encode(code)): what the code goes through in stage 2."""
+    """code -> SpaAE decode(encode(code)): what the code goes through in stage 2."""
 
     def channel(code: torch.Tensor) -> torch.Tensor:
-        latents = vae.encode(code.to(vae.dtype)).latent_dist.mode()
-        return vae.decode(latents).sample.to(code.dtype)
+        return spaae.decode(vae, spaae.encode(vae, code)).to(code.dtype)
 
     return channel
 
@@ -143,7 +142,10 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
     if config.linear_init_pixels:
         rgb, hsi = sample_pixels(dataset, config.linear_init_pixels)
         model.init_linear_code(model.split.unobservable(hsi.double()), rgb)
-    vae = load_frozen_vae(config.vae_path, accelerator.device) if config.vae_path else None
+    try:
+        vae = load_frozen_spaae(config.vae_path, accelerator.device) if config.vae_path else None
+    except SpaAELoadError as exc:
+        raise ConfigError(f"vae_path: {exc}") from exc
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)

@@ -23,7 +23,7 @@ from torch import nn
 
 from uldm.baseline import DEGREES, RootPolynomialRegression
 from uldm.degradation import Degradation
-from uldm.models import SpeUAE
+from uldm.models import SpeUAE, spaae
 from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code
 from uldm.models.sd_adapter import StableDiffusionLoadError, StableDiffusionParts, load_stable_diffusion
 from uldm.training import (
@@ -108,8 +108,7 @@ class CodeDecoderLoss(nn.Module):
         self.vae = vae
 
     def forward(self, latents: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
-        decoded = self.vae.decode(latents / self.vae.config.scaling_factor).sample
-        return F.l1_loss(decoded.float(), code.float())
+        return F.l1_loss(spaae.decode(self.vae, latents).float(), code.float())
 
 
 def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
@@ -133,11 +132,10 @@ def vae_target(speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None, scale: 
 @torch.no_grad()
 def encode_latents(vae, speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None,
                    scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(code latent mean, its std, RGB condition latent), all scaled: everything stage 2 needs from a patch."""
-    scaling = vae.config.scaling_factor
-    posterior = vae.encode(vae_target(speuae, hsi, rgb, prior, scale).to(vae.dtype)).latent_dist
-    condition = vae.encode((rgb * 2 - 1).to(vae.dtype)).latent_dist.mode()
-    return posterior.mean * scaling, posterior.std * scaling, condition * scaling
+    """(code latent mean, its spread (zero for a tiny autoencoder), RGB condition latent), all scaled: everything
+    stage 2 needs from a patch."""
+    mean, std = spaae.encode_posterior(vae, vae_target(speuae, hsi, rgb, prior, scale))
+    return mean, std, spaae.encode(vae, rgb * 2 - 1)
 
 
 def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, condition: torch.Tensor,
@@ -249,8 +247,8 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     trainable = [unet]
     decoder_loss = None
     if config.train_vae_decoder:
-        vae.decoder.requires_grad_(True)
-        vae.post_quant_conv.requires_grad_(True)
+        for module in spaae.decoder_modules(vae):
+            module.requires_grad_(True)
         decoder_loss = CodeDecoderLoss(vae)
         trainable.append(decoder_loss)
     else:

@@ -431,7 +431,7 @@ def test_throughput_benchmark_times_the_training_step(load_benchmark, capsys):
 
 # ----------------------------------------------------------------------------------- SpaAE pre-training
 @pytest.mark.slow
-def test_spaae_pretraining_rewrites_the_vae_and_resumes_exactly(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
+def test_spaae_adaptation_writes_an_sd_folder_and_resumes_exactly(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
     from diffusers import AutoencoderKL
 
     from uldm.stages.pretrain_spaae import SpaAEConfig, train as pretrain
@@ -449,13 +449,17 @@ def test_spaae_pretraining_rewrites_the_vae_and_resumes_exactly(tmp_path, tiny_s
     config = load_config(SpaAEConfig, config_path)
     original = AutoencoderKL.from_pretrained(sd_folder / "vae").state_dict()
     pretrain(config)
-    trained = AutoencoderKL.from_pretrained(sd_folder / "vae").state_dict()
+    written = Path(config.output_dir) / "sd"
+    trained = AutoencoderKL.from_pretrained(written / "vae").state_dict()
     assert trained.keys() == original.keys()
-    assert any(not torch.equal(trained[k], original[k]) for k in original)  # the SD folder's vae/ was replaced
-    # the run died after step 2: the checkpoint restores the weights whatever vae/ now holds
+    assert any(not torch.equal(trained[k], original[k]) for k in original)  # the adapted SpaAE is in <run>/sd/vae
+    for name, tensor in AutoencoderKL.from_pretrained(sd_folder / "vae").state_dict().items():
+        assert torch.equal(tensor, original[name]), name  # and the source folder is untouched
+    assert sorted(p.name for p in written.iterdir()) == sorted(p.name for p in sd_folder.iterdir())
+    # the run died after step 2: the checkpoint restores the weights
     shutil.rmtree(Path(config.output_dir) / "checkpoint-4")
     pretrain(config, resume_from="latest")
-    resumed = AutoencoderKL.from_pretrained(sd_folder / "vae").state_dict()
+    resumed = AutoencoderKL.from_pretrained(written / "vae").state_dict()
     for name, tensor in trained.items():
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
 

@@ -58,6 +58,28 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def atomic_folder(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder path (not yet created) beside `path`; on success it takes the place of `path` (an
+    older folder there is removed only after the swap), on error it is removed: readers never see half a folder."""
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp, old = path.with_name(f".tmp-{path.name}"), path.with_name(f".old-{path.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if path.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        path.rename(old)
+    tmp.rename(path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def save_json(data: Any, path: PathLike) -> Path:
     """Write `data` as indented JSON, atomically (numpy and torch scalars are written as floats)."""
     path = Path(path)

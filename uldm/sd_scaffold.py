@@ -1,9 +1,15 @@
-"""Write small Stable Diffusion checkpoints in the real diffusers layout (unet/, vae/, scheduler/, text_encoder/,
-tokenizer/, model_index.json).
+"""Write Stable Diffusion checkpoints in the real diffusers layout (unet/, vae/, scheduler/, text_encoder/,
+tokenizer/, model_index.json), with an SD-architecture UNet of a chosen size.
 
-No pretrained SD weights can be downloaded here, so tests and the bundled CAVE recipe start stage 2 from such a
-folder exactly as users start from `stabilityai/stable-diffusion-2-1`: same classes, same files, same loader.
-Weights are random (seeded); the tokenizer is built from a small local vocabulary.
+    python -m uldm.sd_scaffold runs/sd-taesd3 base --vae taesd3 --vae-weights ../shared/models/taesd
+    python -m uldm.sd_scaffold runs/sd-random base --vae kl      # an AutoencoderKL with random weights
+
+Stage 2 and the pre-training stages start from such a folder exactly as users start from
+`stabilityai/stable-diffusion-2-1`: same classes, same files, same loader. The UNet's weights are random (seeded;
+`stages/pretrain_rgb.py` trains them on photographs); the SpaAE is either a random AutoencoderKL ("kl") or a
+pretrained tiny autoencoder of the TAESD family, converted from its original files (`uldm.models.taesd`), whose
+latent channels the UNet then takes. The tokenizer is built from a small local vocabulary (only the empty prompt
+is ever encoded).
 """
 
 from __future__ import annotations
@@ -16,10 +22,11 @@ from typing import Union
 
 import torch
 
-# Sizes: "tiny" is for tests; "small" is the CAVE CPU recipe's; "base" is the CAVE GPU recipe's (8 latent channels
-# at 1/4 resolution, as SD3-style VAEs widen the latent, so the code image survives the VAE better); "sd21" has
-# exactly the UNet and VAE architecture of stabilityai/stable-diffusion-2-1 (865 M + 84 M parameters; random
-# weights, for timing: its text encoder stays tiny, as only the empty prompt's embedding width matters).
+# Sizes: "tiny" is for tests; "small" and "base" are the CAVE recipes' UNets ("base" with `--vae kl` has 8 latent
+# channels at 1/4 resolution, as SD3-style VAEs widen the latent, so the code image survives the VAE better); "sd21"
+# has exactly the UNet and VAE architecture of stabilityai/stable-diffusion-2-1 (865 M + 84 M parameters; random
+# weights, for timing: its text encoder stays tiny, as only the empty prompt's embedding width matters). "vae" and
+# "latent_channels" describe the random AutoencoderKL of `--vae kl`; a TAESD SpaAE brings its own.
 SIZES = {
     "tiny": {"unet": (32, 64), "vae": (16, 32), "text": 32, "layers": 1},
     "small": {"unet": (32, 64, 64), "vae": (16, 32, 32), "text": 64, "layers": 1},
@@ -46,16 +53,23 @@ def _build_tokenizer():
     return tokenizer
 
 
-def build_small_sd(size: str = "tiny", seed: int = 0, prediction_type: str = "epsilon"):
-    """A randomly initialised SD-architecture `StableDiffusionPipeline` of the given size (in memory)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+def build_small_sd(size: str = "tiny", seed: int = 0, prediction_type: str = "epsilon", vae: str = "kl",
+                   vae_weights: Union[str, Path, None] = None):
+    """An SD-architecture `StableDiffusionPipeline` of the given size (in memory): random UNet; SpaAE `vae` = "kl"
+    (random AutoencoderKL of the size's spec) or a TAESD variant loaded from `vae_weights` (see module doc)."""
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from .models.taesd import TAESD_VARIANTS, load_taesd
 
     if size not in SIZES:
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
+    if vae != "kl" and vae not in TAESD_VARIANTS:
+        raise ValueError(f"vae must be 'kl' or one of {sorted(TAESD_VARIANTS)}, got {vae!r}")
     spec = SIZES[size]
     torch.manual_seed(seed)
-    levels, groups, latent = len(spec["unet"]), spec.get("groups", 8), spec.get("latent_channels", 4)
+    autoencoder = _random_kl_autoencoder(spec) if vae == "kl" else load_taesd(vae_weights, vae)
+    levels, groups, latent = len(spec["unet"]), spec.get("groups", 8), autoencoder.config.latent_channels
     unet = UNet2DConditionModel(
         sample_size=32, in_channels=latent, out_channels=latent, layers_per_block=spec["layers"],
         block_out_channels=spec["unet"],
@@ -64,16 +78,6 @@ def build_small_sd(size: str = "tiny", seed: int = 0, prediction_type: str = "ep
         cross_attention_dim=spec["text"], attention_head_dim=spec.get("attention_head_dim", 8),
         norm_num_groups=groups, use_linear_projection=spec.get("use_linear_projection", False),
     )
-    vae_levels = len(spec["vae"])
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=latent, block_out_channels=spec["vae"],
-        down_block_types=("DownEncoderBlock2D",) * vae_levels, up_block_types=("UpDecoderBlock2D",) * vae_levels,
-        layers_per_block=spec["layers"], norm_num_groups=groups, sample_size=64,
-        # Fully convolutional by default: trained on small crops here, it must still work on whole images, and
-        # mid-block attention trained on 8x8 latent grids does not carry over to 64x64 ones (measured: 4x the L1
-        # error). "sd21" keeps SD's mid-block attention.
-        mid_block_add_attention=spec.get("vae_mid_attention", False),
-    )
     text_encoder = CLIPTextModel(CLIPTextConfig(
         vocab_size=1000, hidden_size=spec["text"], intermediate_size=2 * spec["text"], num_attention_heads=4,
         num_hidden_layers=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
@@ -81,26 +85,57 @@ def build_small_sd(size: str = "tiny", seed: int = 0, prediction_type: str = "ep
     scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear", beta_start=0.00085,
                               beta_end=0.012, prediction_type=prediction_type, clip_sample=False,
                               steps_offset=1)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=_build_tokenizer(), unet=unet,
+    return StableDiffusionPipeline(vae=autoencoder, text_encoder=text_encoder, tokenizer=_build_tokenizer(), unet=unet,
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
 
 
-def write_small_sd(folder: Union[str, Path], size: str = "tiny", seed: int = 0,
-                   prediction_type: str = "epsilon") -> Path:
-    """Save a randomly initialised SD-architecture pipeline of the given size; returns the folder."""
-    build_small_sd(size, seed=seed, prediction_type=prediction_type).save_pretrained(folder)
+def _random_kl_autoencoder(spec: dict):
+    """A randomly initialised AutoencoderKL of a size's spec."""
+    from diffusers import AutoencoderKL
+
+    levels = len(spec["vae"])
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=spec.get("latent_channels", 4), block_out_channels=spec["vae"],
+        down_block_types=("DownEncoderBlock2D",) * levels, up_block_types=("UpDecoderBlock2D",) * levels,
+        layers_per_block=spec["layers"], norm_num_groups=spec.get("groups", 8), sample_size=64,
+        # Fully convolutional by default: trained on small crops here, it must still work on whole images, and
+        # mid-block attention trained on 8x8 latent grids does not carry over to 64x64 ones (measured: 4x the L1
+        # error). "sd21" keeps SD's mid-block attention.
+        mid_block_add_attention=spec.get("vae_mid_attention", False),
+    )
+
+
+def write_small_sd(folder: Union[str, Path], size: str = "tiny", seed: int = 0, prediction_type: str = "epsilon",
+                   vae: str = "kl", vae_weights: Union[str, Path, None] = None) -> Path:
+    """Save an SD-architecture pipeline of the given size (`build_small_sd`); returns the folder."""
+    build_small_sd(size, seed=seed, prediction_type=prediction_type, vae=vae,
+                   vae_weights=vae_weights).save_pretrained(folder)
     return Path(folder)
 
 
 if __name__ == "__main__":
     import argparse
 
-    parser = argparse.ArgumentParser(description="Write a randomly initialised SD-architecture checkpoint.")
+    from .models.taesd import TAESD_VARIANTS
+
+    parser = argparse.ArgumentParser(description="Write an SD-architecture checkpoint (random UNet; random or "
+                                                 "pretrained tiny SpaAE).")
     parser.add_argument("folder", type=Path)
     parser.add_argument("size", nargs="?", default="small", choices=sorted(SIZES))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prediction-type", default="epsilon", choices=["epsilon", "v_prediction", "sample"],
                         help="what the scheduler config tells stage 2 to predict (SD 1.5: epsilon, SD 2.1: v_prediction)")
+    parser.add_argument("--vae", default="kl", choices=["kl", *TAESD_VARIANTS],
+                        help="the SpaAE: a random AutoencoderKL of the size's spec, or a pretrained TAESD variant "
+                             "(AutoencoderTiny; the UNet takes its latent channels)")
+    parser.add_argument("--vae-weights", type=Path,
+                        help="folder of <variant>_encoder/_decoder.safetensors (default: $ULDM_TAESD_DIR, else "
+                             "../shared/models/taesd beside the repository)")
     args = parser.parse_args()
-    print(f"wrote {write_small_sd(args.folder, args.size, seed=args.seed, prediction_type=args.prediction_type)}")
+    try:
+        folder = write_small_sd(args.folder, args.size, seed=args.seed, prediction_type=args.prediction_type,
+                                vae=args.vae, vae_weights=args.vae_weights)
+    except ValueError as exc:  # SpaAELoadError: a missing or mismatched TAESD file, named
+        parser.exit(2, f"error: {exc}\n")
+    print(f"wrote {folder}")

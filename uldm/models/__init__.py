@@ -1,7 +1,8 @@
-"""Neural networks: the spectral autoencoder of stage 1, the helpers that adapt Stable Diffusion for stage 2, and
-the R2H-Diff denoiser (the second model family)."""
+"""Neural networks: the spectral autoencoder of stage 1, the SpaAE interface (`spaae`: AutoencoderKL or the
+pretrained TAESD family) and the helpers that adapt Stable Diffusion for stage 2, and the R2H-Diff denoiser."""
 
+from . import spaae
 from .r2hdiff import R2HDiffNet
 from .speuae import SpeUAE
 
-__all__ = ["R2HDiffNet", "SpeUAE"]
+__all__ = ["R2HDiffNet", "SpeUAE", "spaae"]

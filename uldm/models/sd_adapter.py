@@ -77,6 +77,27 @@ def widen_conv_in(unet):
     return unet
 
 
+def save_sd_folder(source, destination, **components) -> Path:
+    """Copy the SD folder `source` to `destination` with some components replaced (`unet=`, `vae=`, ...: saved with
+    `save_pretrained` into their subfolders, and named in model_index.json). Built in a temporary sibling and
+    renamed into place, so a crash never leaves half a checkpoint; `source` is never modified."""
+    import json
+    import shutil
+
+    from ..io import atomic_folder
+
+    source, destination = Path(source), Path(destination)
+    check_layout(source, str(source))
+    with atomic_folder(destination) as tmp:
+        shutil.copytree(source, tmp, ignore=shutil.ignore_patterns(*components))
+        index = json.loads((source / "model_index.json").read_text()) if (source / "model_index.json").exists() else {}
+        for name, module in components.items():
+            module.save_pretrained(str(tmp / name))
+            index[name] = ["diffusers", type(module).__name__]
+        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return destination
+
+
 def check_layout(folder: Path, name: str) -> None:
     if not folder.is_dir():
         raise StableDiffusionLoadError(f"{name}: no such folder")
@@ -110,8 +131,10 @@ def check_channels(folder: Path, name: str) -> None:
 def load_stable_diffusion(name_or_path: str, revision: Optional[str] = None, variant: Optional[str] = None,
                           cache_dir: Optional[str] = None) -> StableDiffusionParts:
     """UNet (widened to 8 inputs), VAE, noise scheduler and the encoded empty prompt from an SD checkpoint."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
+
+    from .spaae import SpaAELoadError, load_spaae
 
     folder = Path(name_or_path)
     if not folder.exists():
@@ -125,10 +148,12 @@ def load_stable_diffusion(name_or_path: str, revision: Optional[str] = None, var
     check_channels(folder, name_or_path)
     try:
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", variant=variant)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", variant=variant)
+        vae = load_spaae(folder / "vae", variant=variant)  # AutoencoderKL or AutoencoderTiny, as its config says
         noise_scheduler = DDPMScheduler.from_pretrained(folder, subfolder="scheduler")
         tokenizer = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder", variant=variant)
+    except SpaAELoadError as exc:
+        raise StableDiffusionLoadError(f"{name_or_path}: {exc}") from exc
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise StableDiffusionLoadError(f"{name_or_path}: cannot load the Stable Diffusion components ({exc})") from exc
     from .alignment import realign_weights

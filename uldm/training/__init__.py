@@ -1,0 +1,52 @@
+"""What every trainer in `stages/` shares, one concept a module:
+
+- `config`: YAML configs with `--set key=value` overrides (`RunConfig` for any run, `TrainConfig` for runs on
+  spectral scenes); unknown or missing keys name the file;
+- `data`: seeded patches of spectral scenes, batches a pure function of (seed, epoch, position);
+- `runtime`: the Accelerator and the learning-rate schedule;
+- `checkpointing`: atomic `save_state` checkpoints and exact resume;
+- `weights`: atomic model saves, gathering sharded weights, the exponential moving average;
+- `validation`: scoring a pipeline on whole scenes as `uldm evaluate` does;
+- `loop`: the optimisation loop and the command line of every stage.
+
+So checkpointing, resume and logging behave the same in every stage; a stage supplies its model and its loss.
+"""
+
+from .checkpointing import CHECKPOINT_PATTERN, batches_from, checkpoints_in, resume, save_checkpoint, without_rng_draws
+from .config import (
+    ConfigError,
+    RunConfig,
+    TrainConfig,
+    base_argument_parser,
+    config_dict,
+    config_from_args,
+    load_config,
+    typed_value,
+)
+from .data import (
+    EpochSampler,
+    build_augmentation,
+    build_train_loader,
+    make_loader,
+    sample_pixels,
+    scene_paths,
+)
+from .loop import stage_main, train_loop
+from .runtime import build_accelerator, build_scheduler, warn_if_one_cpu_thread
+from .validation import validate_pipeline
+from .weights import (
+    ModelEMA,
+    averaged_weights,
+    build_ema,
+    final_model,
+    full_model,
+    save_pretrained_atomic,
+)
+
+__all__ = [
+    "CHECKPOINT_PATTERN", "ConfigError", "EpochSampler", "ModelEMA", "RunConfig", "TrainConfig", "averaged_weights",
+    "base_argument_parser", "batches_from", "build_accelerator", "build_augmentation", "build_ema", "build_scheduler",
+    "build_train_loader", "checkpoints_in", "config_dict", "config_from_args", "final_model", "full_model",
+    "load_config", "make_loader", "resume", "sample_pixels", "save_checkpoint", "save_pretrained_atomic",
+    "scene_paths", "stage_main", "train_loop", "typed_value", "validate_pipeline", "warn_if_one_cpu_thread", "without_rng_draws",
+]

@@ -1,0 +1,122 @@
+"""The trained weights: atomic saves, gathering sharded models, and the exponential moving average."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import torch
+
+from ..io import atomic_folder
+from .config import ConfigError, RunConfig
+
+
+def save_pretrained_atomic(model, path: Path) -> Path:
+    """`save_pretrained` into a temporary sibling folder, then swap it in: readers never see half a model."""
+    with atomic_folder(path) as tmp:
+        model.save_pretrained(str(tmp))
+    return Path(path)
+
+
+def full_model(accelerator, model: torch.nn.Module,
+               rebuild: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None) -> torch.nn.Module:
+    """The trained module with every weight present, for validation and the final save.
+
+    Under FSDP (and DeepSpeed ZeRO-3) each process holds a shard, so `unwrap_model` alone is incomplete;
+    `get_state_dict` gathers the weights into a fresh module, `rebuild(unwrapped)` (default: the same class from
+    its diffusers config). That gather is a collective: call this on EVERY process, not only the main one (the
+    main process gets the full copy; the others get their unwrapped module back, unused). Elsewhere it is
+    `unwrap_model`, no copy.
+    """
+    from accelerate.utils import DistributedType
+
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.distributed_type not in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        return unwrapped
+    state = accelerator.get_state_dict(model)  # collective
+    if not accelerator.is_main_process:
+        return unwrapped
+    copy = rebuild(unwrapped) if rebuild else type(unwrapped).from_config(unwrapped.config)
+    copy.load_state_dict(state)
+    return copy.to(accelerator.device)
+
+
+class ModelEMA:
+    """An exponential moving average of a trained model's weights (`use_ema`), for validation and the final save.
+
+    Averaging damps the step-to-step noise of small-batch training. Registered with accelerate, it is saved in
+    every checkpoint (as diffusers' EMAModel state) and restored on resume, on the training device.
+    """
+
+    def __init__(self, trained: torch.nn.Module, decay: float, device: torch.device) -> None:
+        from diffusers.training_utils import EMAModel
+
+        self.trained, self.device = trained, device
+        # float32 shadows even when the prepared model holds low-precision weights (DeepSpeed bf16): an average of
+        # small steps kept in bf16 would round most of them away
+        self.average = EMAModel([p.detach().float() for p in trained.parameters()], decay=decay)
+        self.average.to(device)
+
+    def step(self) -> None:
+        """Fold the trained model's current weights into the average (after each optimizer step)."""
+        self.average.step(self.trained.parameters())
+
+    def copy_to(self, model: torch.nn.Module) -> None:
+        """Put the averaged weights into `model` (the trained one, or the full copy `full_model` returns)."""
+        self.average.copy_to(model.parameters())
+
+    @contextmanager
+    def swapped_into(self, model: torch.nn.Module) -> Iterator[None]:
+        """Run the block with the averaged weights in `model`, then put its own weights back."""
+        self.average.store(model.parameters())
+        self.average.copy_to(model.parameters())
+        try:
+            yield
+        finally:
+            self.average.restore(model.parameters())
+
+    def state_dict(self) -> dict:
+        return self.average.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.average.load_state_dict(state)
+        self.average.to(self.device)  # accelerate hands the state over on the CPU
+
+
+def build_ema(accelerator, config: RunConfig, trained: torch.nn.Module) -> Optional[ModelEMA]:
+    """The ModelEMA of `trained` (the prepared model) when `config.use_ema`, registered for checkpoints; else None.
+
+    Call it after `accelerator.prepare` and before `resume`, so a resumed run continues its average.
+    """
+    from accelerate.utils import DistributedType
+
+    if not config.use_ema:
+        return None
+    if accelerator.distributed_type == DistributedType.FSDP:
+        raise ConfigError("use_ema is not supported under FSDP (each process holds a shard of the model); "
+                          "use DDP or DeepSpeed ZeRO-2, or set use_ema: false")
+    ema = ModelEMA(trained, config.ema_decay, accelerator.device)
+    accelerator.register_for_checkpointing(ema)
+    return ema
+
+
+def final_model(accelerator, model: torch.nn.Module, ema: Optional[ModelEMA]) -> torch.nn.Module:
+    """The module to save at the end of a run: `full_model`, holding the averaged weights when the run kept them.
+    Collective like `full_model`: call it on every process."""
+    model = full_model(accelerator, model)
+    if ema is not None:
+        ema.copy_to(model)
+    return model
+
+
+@contextmanager
+def averaged_weights(ema: Optional[ModelEMA], model: torch.nn.Module) -> Iterator[None]:
+    """`ema.swapped_into(model)`, or nothing when the run keeps no average."""
+    if ema is None:
+        yield
+    else:
+        with ema.swapped_into(model):
+            yield
+
+
