@@ -27,8 +27,8 @@ from uldm.models import SpeUAE
 from uldm.models.sd_adapter import encode_empty_prompt, widen_conv_in
 from uldm.sd_scaffold import SIZES, build_small_sd
 from uldm.spectral import DEFAULT_GRID
-from uldm.stages.train_uldm import denoising_loss, encode_latents
-from uldm.training import TrainConfig, build_accelerator
+from uldm.stages.train_uldm import encode_latents
+from uldm.training import TrainConfig, build_accelerator, denoising_loss
 
 
 def synchronize(device: torch.device) -> None:

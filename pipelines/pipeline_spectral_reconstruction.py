@@ -68,16 +68,19 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         default_processing_resolution: int = 0,
         default_ensemble_size: int = 1,
         code_residual_scale: float = 1.0,
+        rgb_encoding: str = "linear",
     ) -> None:
         super().__init__()
         if code_residual_scale <= 0:
             raise ValueError(f"code_residual_scale must be > 0, got {code_residual_scale}")
+        if rgb_encoding not in spaae.RGB_ENCODINGS:
+            raise ValueError(f"rgb_encoding must be one of {spaae.RGB_ENCODINGS}, got {rgb_encoding!r}")
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, speuae=speuae,
                               prompt_embedding=prompt_embedding, code_prior=code_prior)
         self.register_to_config(default_denoising_steps=default_denoising_steps,
                                 default_processing_resolution=default_processing_resolution,
                                 default_ensemble_size=default_ensemble_size,
-                                code_residual_scale=code_residual_scale)
+                                code_residual_scale=code_residual_scale, rgb_encoding=rgb_encoding)
 
     def model_card_training(self) -> str:
         prior = ("" if self.code_prior is None
@@ -99,8 +102,10 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         return self.speuae.camera
 
     def encode_rgb(self, rgb: torch.Tensor) -> torch.Tensor:
-        """Linear RGB in [0, 1] -> condition latents (scaled; a KL posterior's mean), in the UNet's dtype."""
-        return spaae.encode(self.vae, rgb * 2 - 1).to(self.unet.dtype)
+        """Linear RGB in [0, 1] -> condition latents (scaled; a KL posterior's mean), in the UNet's dtype; the SpaAE
+        sees the RGB encoded as the config's `rgb_encoding` says (linear, or sRGB as photographs are)."""
+        image = spaae.rgb_image(rgb, self.config.rgb_encoding)
+        return spaae.encode(self.vae, image).to(self.unet.dtype)
 
     def decode_latents(self, latent: torch.Tensor) -> torch.Tensor:
         """Latents -> the VAE's image in [-1, 1]: the code, or with a prior the scaled residual (each component

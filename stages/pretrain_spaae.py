@@ -48,6 +48,7 @@ class SpaAEConfig(TrainConfig):
     speuae_path: Optional[str] = None  # stage-1 output: turns spectra into the code images to reconstruct (required)
     kl_weight: float = 1e-6  # KL autoencoders only (a tiny autoencoder's latent is deterministic)
     latent_anchor_weight: float = 0.0  # x mean squared distance of RGB latents from the starting encoder's
+    rgb_encoding: str = "linear"  # how RGB patches are encoded for the SpaAE: as stage 2's rgb_encoding will be
     learning_rate: float = 1e-3
 
     def validate(self) -> None:
@@ -55,6 +56,8 @@ class SpaAEConfig(TrainConfig):
         for name in ("sd_folder", "speuae_path"):
             if not getattr(self, name):
                 raise ConfigError(f"{name} is required")
+        if self.rgb_encoding not in spaae.RGB_ENCODINGS:
+            raise ConfigError(f"rgb_encoding must be one of {spaae.RGB_ENCODINGS}, got {self.rgb_encoding!r}")
         if self.latent_anchor_weight < 0:
             raise ConfigError(f"latent_anchor_weight must be >= 0, got {self.latent_anchor_weight}")
 
@@ -99,7 +102,7 @@ def train(config: SpaAEConfig, resume_from: Optional[str] = None):
     step = resume(accelerator, Path(config.output_dir), resume_from)
 
     def loss_fn(batch):
-        rgb = batch["rgb"].to(accelerator.device) * 2 - 1
+        rgb = spaae.rgb_image(batch["rgb"].to(accelerator.device), config.rgb_encoding)
         with torch.no_grad():
             code = speuae.encode(batch["hsi"].to(accelerator.device), batch["rgb"].to(accelerator.device))
         images = torch.cat([rgb, code])  # both things stage 2 passes through the SpaAE

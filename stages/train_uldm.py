@@ -15,7 +15,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -25,28 +25,33 @@ from uldm.baseline import DEGREES, RootPolynomialRegression
 from uldm.degradation import Degradation
 from uldm.models import SpeUAE, spaae
 from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code
-from uldm.models.sd_adapter import StableDiffusionLoadError, StableDiffusionParts, load_stable_diffusion
+from uldm.models.sd_adapter import (
+    StableDiffusionLoadError,
+    StableDiffusionParts,
+    load_stable_diffusion,
+    sampling_scheduler,
+)
 from uldm.training import (
-    averaged_weights,
-    build_ema,
-    stage_main,
     ConfigError,
     TrainConfig,
+    averaged_weights,
     build_accelerator,
     build_augmentation,
+    build_ema,
     build_scheduler,
     build_train_loader,
-    make_loader,
     config_dict,
+    denoising_loss,
     final_model,
     full_model,
+    make_loader,
     resume,
     save_pretrained_atomic,
     scene_paths,
+    stage_main,
     train_loop,
     validate_pipeline,
 )
-
 
 CODE_PRIORS = ("none", "root_polynomial")
 
@@ -57,6 +62,7 @@ class ULDMConfig(TrainConfig):
     pretrained_model_name_or_path: Optional[str] = None
     revision: Optional[str] = None
     variant: Optional[str] = None
+    pretrained_vae_model_name_or_path: Optional[str] = None  # a SpaAE folder to use instead of the checkpoint's vae/
     speuae_path: Optional[str] = None  # stage-1 output folder (required)
     learning_rate: float = 5e-5
     train_vae_decoder: bool = False  # also fine-tune the VAE decoder to reproduce code images
@@ -65,6 +71,9 @@ class ULDMConfig(TrainConfig):
     code_prior: str = "none"
     code_prior_degree: int = 2  # the regression's root-polynomial degree (1 to 4; 2 is the baseline)
     code_residual_scale: float = 3.0  # the residual is multiplied by this before the VAE (so it fills [-1, 1])
+    # how the RGB condition is encoded for the SpaAE: "linear" (as rendered) or "srgb" (as the photographs a
+    # pretrained SpaAE / UNet learnt from); saved in the pipeline's config
+    rgb_encoding: str = "linear"
     precompute_latents: bool = False  # encode code/RGB latents once to <output_dir>/latent_cache, reuse every epoch
     latent_cache_epochs: int = 2  # distinct epochs of patches cached; training cycles through them
     gradient_checkpointing: bool = False
@@ -92,6 +101,8 @@ class ULDMConfig(TrainConfig):
             raise ConfigError(f"code_prior must be one of {CODE_PRIORS}, got {self.code_prior!r}")
         if self.code_prior_degree not in DEGREES:
             raise ConfigError(f"code_prior_degree must be 1, 2, 3 or 4, got {self.code_prior_degree}")
+        if self.rgb_encoding not in spaae.RGB_ENCODINGS:
+            raise ConfigError(f"rgb_encoding must be one of {spaae.RGB_ENCODINGS}, got {self.rgb_encoding!r}")
         if self.code_residual_scale <= 0:
             raise ConfigError(f"code_residual_scale must be > 0, got {self.code_residual_scale}")
         if self.precompute_latents and self.train_vae_decoder:
@@ -111,18 +122,6 @@ class CodeDecoderLoss(nn.Module):
         return F.l1_loss(spaae.decode(self.vae, latents).float(), code.float())
 
 
-def diffusion_target(noise_scheduler, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-    """What the UNet must predict under the pretrained scheduler's prediction type."""
-    kind = noise_scheduler.config.prediction_type
-    if kind == "epsilon":
-        return noise
-    if kind == "v_prediction":
-        return noise_scheduler.get_velocity(latents, noise, timesteps)
-    if kind == "sample":
-        return latents
-    raise ConfigError(f"unsupported prediction_type {kind!r} in the pretrained scheduler")
-
-
 @torch.no_grad()
 def vae_target(speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None, scale: float = 1.0) -> torch.Tensor:
     """The image the VAE carries: the code, or with a prior the code's scaled residual from the prior's code."""
@@ -130,49 +129,30 @@ def vae_target(speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None, scale: 
 
 
 @torch.no_grad()
-def encode_latents(vae, speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None,
-                   scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def encode_latents(vae, speuae, hsi: torch.Tensor, rgb: torch.Tensor, prior=None, scale: float = 1.0,
+                   rgb_encoding: str = "linear") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(code latent mean, its spread (zero for a tiny autoencoder), RGB condition latent), all scaled: everything
     stage 2 needs from a patch."""
     mean, std = spaae.encode_posterior(vae, vae_target(speuae, hsi, rgb, prior, scale))
-    return mean, std, spaae.encode(vae, rgb * 2 - 1)
-
-
-def denoising_loss(unet, noise_scheduler, latents: torch.Tensor, condition: torch.Tensor,
-                   prompt: torch.Tensor, min_timestep: int = 0) -> torch.Tensor:
-    """Noise the code latents at random timesteps (from `min_timestep` up); MSE of the UNet's prediction (beside the
-    RGB latent)."""
-    last = noise_scheduler.config.num_train_timesteps
-    if min_timestep >= last:
-        raise ConfigError(f"min_train_timestep must be below the scheduler's {last} training timesteps")
-    noise = torch.randn_like(latents)
-    timesteps = torch.randint(min_timestep, last, (len(latents),), device=latents.device)
-    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
-    dtype = next(unet.parameters()).dtype  # fp32 master weights under autocast; bf16/fp16 under DeepSpeed
-    prediction = unet(torch.cat([condition, noisy], dim=1).to(dtype), timesteps,
-                      encoder_hidden_states=prompt.expand(len(latents), -1, -1).to(dtype)).sample
-    return F.mse_loss(prediction.float(), diffusion_target(noise_scheduler, latents, noise, timesteps).float())
+    return mean, std, spaae.encode(vae, spaae.rgb_image(rgb, rgb_encoding))
 
 
 def build_pipeline(unet, vae, noise_scheduler, speuae, empty_prompt, code_prior=None, **defaults):
     """The inference pipeline from the current components: DDIM with trailing spacing (1 step starts at t=999).
     `defaults`: default_denoising_steps / default_processing_resolution / default_ensemble_size /
-    code_residual_scale."""
-    from diffusers import DDIMScheduler
-
+    code_residual_scale / rgb_encoding."""
     from uldm.pipelines import SpectralReconstructionPipeline
 
-    scheduler = DDIMScheduler.from_config(noise_scheduler.config, timestep_spacing="trailing", clip_sample=False,
-                                          set_alpha_to_one=False, steps_offset=0)
-    return SpectralReconstructionPipeline(unet=unet, vae=vae, scheduler=scheduler, speuae=speuae,
+    return SpectralReconstructionPipeline(unet=unet, vae=vae, scheduler=sampling_scheduler(noise_scheduler), speuae=speuae,
                                           prompt_embedding=empty_prompt, code_prior=code_prior, **defaults)
 
 
-def pipeline_defaults(config: ULDMConfig) -> dict[str, float]:
+def pipeline_defaults(config: ULDMConfig) -> dict[str, Union[float, str]]:
     return {"default_denoising_steps": config.default_denoising_steps,
             "default_processing_resolution": config.default_processing_resolution,
             "default_ensemble_size": config.default_ensemble_size,
-            "code_residual_scale": config.code_residual_scale if config.code_prior != "none" else 1.0}
+            "code_residual_scale": config.code_residual_scale if config.code_prior != "none" else 1.0,
+            "rgb_encoding": config.rgb_encoding}
 
 
 def build_code_prior(config: ULDMConfig, camera) -> Optional[RootPolynomialPrior]:
@@ -186,14 +166,18 @@ def build_code_prior(config: ULDMConfig, camera) -> Optional[RootPolynomialPrior
     return RootPolynomialPrior.from_regression(regression)
 
 
-def load_uldm_parts(folder: Path) -> StableDiffusionParts:
+def load_uldm_parts(folder: Path, rgb_encoding: str = "linear") -> StableDiffusionParts:
     """UNet, VAE, noise scheduler and prompt of a trained ULDM pipeline folder, to go on training it (the UNet is
-    already widened; the scheduler is the training form of the pipeline's DDIM)."""
+    already widened; the scheduler is the training form of the pipeline's DDIM). Its RGB encoding must be the run's:
+    the UNet learnt the condition latents of that encoding."""
     from diffusers import DDPMScheduler
 
     from uldm.pipelines import SpectralReconstructionPipeline
 
     pipeline = SpectralReconstructionPipeline.from_pretrained(folder)
+    if pipeline.config.rgb_encoding != rgb_encoding:
+        raise ConfigError(f"{folder} encodes its RGB condition as {pipeline.config.rgb_encoding!r}, the config says "
+                          f"{rgb_encoding!r}: set rgb_encoding: {pipeline.config.rgb_encoding}")
     return StableDiffusionParts(unet=pipeline.unet, vae=pipeline.vae, empty_prompt=pipeline.prompt_embedding,
                                 noise_scheduler=DDPMScheduler.from_config(pipeline.scheduler.config))
 
@@ -208,16 +192,34 @@ def is_uldm_pipeline(folder: Path) -> bool:
         return False
 
 
+def load_replacement_spaae(path: str, unet):
+    """A SpaAE from another folder (e.g. one adapted by stages/pretrain_spaae.py) in place of the checkpoint's own,
+    as diffusers' SDXL script takes `--pretrained_vae_model_name_or_path`; its latent channels must be the UNet's."""
+    from uldm.models.alignment import realign_weights
+
+    try:
+        vae = spaae.load_spaae(path)
+    except spaae.SpaAELoadError as exc:
+        raise ConfigError(f"pretrained_vae_model_name_or_path: {exc}") from exc
+    if vae.config.latent_channels != unet.config.out_channels:
+        raise ConfigError(f"pretrained_vae_model_name_or_path {path}: {vae.config.latent_channels} latent channels, "
+                          f"the UNet generates {unet.config.out_channels}")
+    realign_weights(vae)
+    return vae
+
+
 def load_components(config: ULDMConfig):
     folder = Path(config.pretrained_model_name_or_path)
     try:
         if is_uldm_pipeline(folder):
-            parts = load_uldm_parts(folder)
+            parts = load_uldm_parts(folder, config.rgb_encoding)
         else:
             parts = load_stable_diffusion(config.pretrained_model_name_or_path, revision=config.revision,
                                           variant=config.variant)
     except StableDiffusionLoadError as exc:
         raise ConfigError(f"pretrained_model_name_or_path: {exc}") from exc
+    if config.pretrained_vae_model_name_or_path:
+        parts.vae = load_replacement_spaae(config.pretrained_vae_model_name_or_path, parts.unet)
     speuae_folder = Path(config.speuae_path)
     if not (speuae_folder / "config.json").exists():
         raise ConfigError(f"speuae_path {speuae_folder}: no config.json (expected the stage-1 output, <run>/speuae)")
@@ -271,17 +273,23 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
 
     def encode(hsi: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latents of augmented patches, live or for the cache (whose fingerprint holds the augmentation's config)."""
-        return encode_latents(vae, speuae, *augmented(hsi, rgb), code_prior, residual_scale)
+        return encode_latents(vae, speuae, *augmented(hsi, rgb), code_prior, residual_scale, config.rgb_encoding)
 
     if config.precompute_latents:
-        from uldm.latent_cache import LatentCacheDataset, build_latent_cache, weights_digest
+        from uldm.latent_cache import (
+            LatentCacheDataset,
+            build_latent_cache,
+            weights_digest,
+        )
 
         folder = output_dir / "latent_cache"
         if accelerator.is_main_process:  # only it writes the cache, so only it hashes the encoders' weights
             fingerprint = {"config": config_dict(config), "scenes": [str(p) for p in dataset.scenes],
                            "speuae": {k: v for k, v in speuae.config.items() if not k.startswith("_")},  # refine_steps
                            "weights": weights_digest(speuae, vae)}
-            build_latent_cache(folder, dataset, config.latent_cache_epochs, encode, fingerprint)
+            build_latent_cache(folder, dataset, config.latent_cache_epochs,
+                               lambda batch: dict(zip(("mean", "std", "condition"), encode(batch["hsi"], batch["rgb"]))),
+                               fingerprint)
         accelerator.wait_for_everyone()
         dataset = LatentCacheDataset(folder, config.latent_cache_epochs)
         sampler, loader = make_loader(config, dataset)
@@ -309,7 +317,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
             mean, std, condition = batch["mean"], batch["std"], batch["condition"]
         else:
             hsi, rgb = augmented(batch["hsi"], batch["rgb"])
-            mean, std, condition = encode_latents(vae, speuae, hsi, rgb, code_prior, residual_scale)
+            mean, std, condition = encode_latents(vae, speuae, hsi, rgb, code_prior, residual_scale, config.rgb_encoding)
         latents = (mean + std * torch.randn_like(mean)).float()  # a posterior sample, as VAE.encode().sample()
         loss = denoising_loss(unet, noise_scheduler, latents, condition.float(), text, config.min_train_timestep)
         if decoder_loss is None:

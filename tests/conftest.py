@@ -265,3 +265,75 @@ def load_benchmark():
         return module
 
     return load
+
+
+# ----------------------------------------------------------------------------------------- SpaAE / photos
+TINY_TAESD_CONFIG = {"latent_channels": 4, "encoder_block_out_channels": (8, 8, 8, 8),
+                     "decoder_block_out_channels": (8, 8, 8, 8)}
+
+
+def write_taesd_files(folder: Path, model, variant: str = "taesd") -> Path:
+    """Write an AutoencoderTiny's weights as the TAESD files are distributed: the original `nn.Sequential` keys, one
+    file per half (`<variant>_encoder.safetensors`, `<variant>_decoder.safetensors`), bfloat16."""
+    from safetensors.torch import save_file
+
+    from uldm.models.taesd import original_key
+
+    folder.mkdir(parents=True, exist_ok=True)
+    halves: dict[str, dict[str, torch.Tensor]] = {"encoder": {}, "decoder": {}}
+    for key, tensor in model.state_dict().items():
+        halves[key.split(".")[0]][original_key(key)] = tensor.to(torch.bfloat16).contiguous()
+    for half, tensors in halves.items():
+        save_file(tensors, str(folder / f"{variant}_{half}.safetensors"))
+    return folder
+
+
+@pytest.fixture
+def tiny_taesd_dir(tmp_path: Path) -> Path:
+    """A folder of TAESD-layout files (original keys, bf16) of a tiny AutoencoderTiny (`TINY_TAESD_CONFIG`, seeded)."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    return write_taesd_files(tmp_path / "taesd", AutoencoderTiny(**TINY_TAESD_CONFIG))
+
+
+@pytest.fixture
+def tiny_tae_sd_dir(tmp_path: Path, tiny_sd_dir: Path) -> Path:
+    """`tiny_sd_dir` with its SpaAE replaced by a tiny AutoencoderTiny (4 latent channels, 1/8 resolution, seeded)."""
+    from diffusers import AutoencoderTiny
+
+    from uldm.models.sd_adapter import save_sd_folder
+
+    torch.manual_seed(1)
+    return save_sd_folder(tiny_sd_dir, tmp_path / "tiny-tae-sd", vae=AutoencoderTiny(**TINY_TAESD_CONFIG))
+
+
+def _smooth_image(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A random smooth colour image (uint8): a few blobs, so autoencoders and crops see structure."""
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    image = np.zeros((height, width, 3))
+    for _ in range(4):
+        cy, cx, radius = rng.random(3) * [1, 1, 0.5] + [0, 0, 0.1]
+        image += rng.random(3) * np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / radius ** 2)[..., None]
+    return np.clip(image / image.max() * 255, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path) -> Path:
+    """A folder tree of photographs: photos/a/*.jpg (4 images, 40 x 48 and 48 x 40), photos/b/*.png (2, one
+    greyscale), photos/held/*.png (2, for held-out use), plus an unreadable photos/a/broken.jpg and a notes.txt."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "photos"
+    for folder, count, suffix in (("a", 4, "jpg"), ("b", 2, "png"), ("held", 2, "png")):
+        (root / folder).mkdir(parents=True)
+        for index in range(count):
+            size = (40, 48) if index % 2 else (48, 40)
+            image = Image.fromarray(_smooth_image(rng, *size))
+            if folder == "b" and index == 1:
+                image = image.convert("L")
+            image.save(root / folder / f"photo{index}.{suffix}")
+    (root / "a" / "broken.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    (root / "notes.txt").write_text("not an image")
+    return root

@@ -446,6 +446,33 @@ def test_vae_loss_term_trains_through_a_tiny_frozen_vae(tmp_path, tiny_cave_root
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
+@pytest.mark.slow
+def test_vae_loss_term_trains_through_a_frozen_tiny_autoencoder(tmp_path, tiny_cave_root):
+    from diffusers import AutoencoderTiny
+
+    from conftest import TINY_TAESD_CONFIG
+    from uldm.training import read_metrics
+
+    torch.manual_seed(0)
+    AutoencoderTiny(**TINY_TAESD_CONFIG).save_pretrained(tmp_path / "tae")
+    before = AutoencoderTiny.from_pretrained(tmp_path / "tae").state_dict()
+    config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, vae_path=str(tmp_path / "tae"),
+                                                      patch_size=16, max_train_steps=2, checkpointing_steps=2,
+                                                      validation_steps=2))
+    train(config)
+    rows = read_metrics(Path(config.output_dir))
+    assert [row["step"] for row in rows] == [1, 2] and all(np.isfinite(row["train/loss_through_vae"]) for row in rows)
+    after = AutoencoderTiny.from_pretrained(tmp_path / "tae").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the SpaAE stays frozen
+
+
+def test_a_vae_path_that_is_not_a_spaae_is_a_config_error(tmp_path, tiny_cave_root, tiny_speuae_dir):
+    config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, vae_path=str(tiny_speuae_dir),
+                                                      patch_size=16))
+    with pytest.raises(ConfigError, match=r"vae_path: .*_class_name 'SpeUAE' is not a SpaAE"):
+        train(config)
+
+
 # ------------------------------------------------------------------------------------------------ config
 def test_unknown_camera_fails_with_the_valid_names(tmp_path, tiny_cave_root):
     with pytest.raises(ConfigError, match="config.yaml.*unknown camera preset 'leica'.*Nikon 5100"):

@@ -278,9 +278,9 @@ def test_latent_cache_chunks_mix_scenes_and_rows_stay_in_item_order(tmp_path):
 
     chunks = []
 
-    def encode(hsi, rgb):
-        chunks.append(rgb.flatten().tolist())
-        return hsi * 2, hsi * 3, rgb
+    def encode(batch):
+        chunks.append(batch["rgb"].flatten().tolist())
+        return {"mean": batch["hsi"] * 2, "std": batch["hsi"] * 3, "condition": batch["rgb"]}
 
     build_latent_cache(tmp_path, TwoScenes(), 2, encode, {"test": 1}, batch_size=8, show_progress=False)
     assert len(chunks) == 4 and all(0.0 in chunk and 1.0 in chunk for chunk in chunks)  # each chunk: both scenes
@@ -382,7 +382,7 @@ def test_refused_stage_2_combinations(tmp_path, tiny_sd_dir, tiny_speuae_dir, ti
 
 
 def test_min_train_timestep_restricts_the_noise_levels_trained(tiny_sd_dir):
-    from uldm.stages.train_uldm import denoising_loss
+    from uldm.training import denoising_loss
 
     parts = load_stable_diffusion(str(tiny_sd_dir))  # conv_in already widened for [RGB, code] latents
     unet = parts.unet
@@ -489,3 +489,93 @@ def test_full_model_gathers_into_a_rebuilt_module_when_sharded(tiny_vae_dir):
         assert torch.equal(copy.state_dict()[name], tensor), name
     vae = AutoencoderKL.from_pretrained(tiny_vae_dir)
     assert full_model(ShardedAccelerator(), vae) is not vae  # the default rebuild: same class from its config
+
+
+# ------------------------------------------------------------------------------- tiny SpaAE, RGB encoding
+@pytest.mark.slow
+def test_stage_2_with_a_replacement_tiny_spaae_caches_deterministic_latents(tmp_path, tiny_sd_dir, tiny_tae_sd_dir,
+                                                                            tiny_speuae_dir, tiny_cave_root):
+    """The SpaAE of another folder replaces the checkpoint's (diffusers' --pretrained_vae_model_name_or_path); a tiny
+    autoencoder's cached latents have zero spread and the sRGB-encoded RGB is what the condition latents encode."""
+    from uldm.latent_cache import LatentCacheDataset
+    from uldm.models import spaae
+    from uldm.training import build_train_loader
+
+    config = load_config(ULDMConfig, write_config(
+        tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, pretrained_vae_model_name_or_path=str(tiny_tae_sd_dir),
+        precompute_latents=True, latent_cache_epochs=1, rgb_encoding="srgb", patch_size=16))
+    pipeline = train(config)
+    vae = spaae.load_spaae(tiny_tae_sd_dir)
+    assert type(pipeline.vae).__name__ == "AutoencoderTiny" and pipeline.config.rgb_encoding == "srgb"
+    for name, tensor in vae.state_dict().items():
+        assert torch.equal(pipeline.vae.state_dict()[name], tensor), name
+    cache = LatentCacheDataset(Path(config.output_dir) / "latent_cache", 1)
+    dataset, _, _ = build_train_loader(config, pipeline.camera)
+    item = dataset[0]
+    assert torch.count_nonzero(cache[0]["std"]) == 0
+    with torch.no_grad():
+        expected = spaae.encode(vae, spaae.rgb_image(item["rgb"][None], "srgb"))[0]
+        torch.testing.assert_close(cache[0]["condition"], expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(pipeline.encode_rgb(item["rgb"][None])[0], expected, atol=1e-5, rtol=0)
+    summary = json.loads((Path(config.output_dir) / "logs" / "run_summary.json").read_text())
+    assert summary == [{**summary[0], "from_step": 0, "to_step": 4, "samples": 8, "processes": 1}]
+    assert summary[0]["device"].startswith("CPU") and summary[0]["seconds"] >= 0
+
+
+def test_a_replacement_spaae_must_match_the_unet_and_an_rgb_encoding_must_match_the_run(
+        tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, tiny_pipeline):
+    from diffusers import AutoencoderTiny
+
+    from conftest import TINY_TAESD_CONFIG
+
+    AutoencoderTiny(**{**TINY_TAESD_CONFIG, "latent_channels": 16}).save_pretrained(tmp_path / "tae16")
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root,
+                                                  pretrained_vae_model_name_or_path=str(tmp_path / "tae16")))
+    with pytest.raises(ConfigError, match="tae16: 16 latent channels, the UNet generates 4"):
+        train(config)
+    tiny_pipeline.save_pretrained(tmp_path / "linear-uldm")  # rgb_encoding "linear", the default
+    config = load_config(ULDMConfig, write_config(tmp_path, tmp_path / "linear-uldm", tiny_speuae_dir, tiny_cave_root,
+                                                  rgb_encoding="srgb"))
+    with pytest.raises(ConfigError, match="encodes its RGB condition as 'linear'.*set rgb_encoding: linear"):
+        train(config)
+
+
+def test_metrics_lines_of_a_resumed_run_win_and_a_cut_line_is_skipped(tmp_path):
+    from uldm.training import read_metrics
+
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.jsonl").write_text(
+        '{"step": 1, "train/loss": 3.0}\n{"step": 2, "train/loss": 2.0}\n{"step": 3, "train/lo\n'
+        '{"step": 2, "train/loss": 2.5}\n{"step": 3, "train/loss": 1.5}\n')
+    assert read_metrics(tmp_path) == [{"step": 1, "train/loss": 3.0}, {"step": 2, "train/loss": 2.5},
+                                      {"step": 3, "train/loss": 1.5}]
+    assert read_metrics(tmp_path / "nowhere") == []
+
+
+@pytest.mark.slow
+def test_spaae_adaptation_of_a_tiny_autoencoder_keeps_rgb_latents_anchored(tmp_path, tiny_tae_sd_dir,
+                                                                            tiny_speuae_dir, tiny_cave_root):
+    from uldm.models import spaae
+    from uldm.stages.pretrain_spaae import SpaAEConfig, train as adapt
+    from uldm.training import read_metrics
+
+    config_path = tmp_path / "spaae.yaml"
+    config_path.write_text(yaml.safe_dump({
+        "output_dir": str(tmp_path / "run"), "sd_folder": str(tiny_tae_sd_dir), "speuae_path": str(tiny_speuae_dir),
+        "data_root": str(tiny_cave_root), "train_scenes": ["balloons_ms", "cd_ms"], "val_scenes": ["watercolors_ms"],
+        "patch_size": 16, "patches_per_scene": 4, "train_batch_size": 2, "max_train_steps": 4,
+        "checkpointing_steps": 2, "checkpoints_total_limit": 5, "report_to": None, "learning_rate": 1e-2,
+        "latent_anchor_weight": 1.0, "rgb_encoding": "srgb",
+    }))
+    config = load_config(SpaAEConfig, config_path)
+    adapt(config)
+    rows = read_metrics(Path(config.output_dir))
+    assert rows[0]["train/rgb_latent_drift"] == 0  # the first step's latents are the starting encoder's
+    assert rows[-1]["train/rgb_latent_drift"] > 0 and all(row["train/kl"] == 0 for row in rows)
+    written = Path(config.output_dir) / "sd" / "vae"
+    trained, start = spaae.load_spaae(written).state_dict(), spaae.load_spaae(tiny_tae_sd_dir).state_dict()
+    assert any(not torch.equal(trained[k], start[k]) for k in start)
+    shutil.rmtree(Path(config.output_dir) / "checkpoint-4")
+    adapt(config, resume_from="latest")
+    for name, tensor in spaae.load_spaae(written).state_dict().items():
+        torch.testing.assert_close(tensor, trained[name], rtol=0, atol=1e-6, msg=name)

@@ -1,8 +1,9 @@
-"""Stage-2 latents precomputed to disk, so epochs skip SpeUAE and the VAE encoder.
+"""Latents precomputed to disk, so training epochs skip the encoders (SpeUAE, the SpaAE's encoder).
 
-For each of `epochs` epochs of the seeded patch stream, every item's code latent (posterior mean and std, so
-training still samples it) and RGB condition latent are stored in one safetensors file per epoch. Training then
-reads epoch `e % epochs`: the same patches the live pipeline would produce for those epochs, recycled after.
+For each of `epochs` epochs of a seeded item stream, whatever `encode` makes of every item (stage 2: the code
+latent's mean and spread, so training still samples it, and the RGB condition latent; RGB pre-training: the
+photo's latent) is stored in one safetensors file per epoch. Training then reads epoch `e % epochs`: the same items
+the live pipeline would produce for those epochs, recycled after.
 A fingerprint of everything that shapes the latents (settings, scenes, the encoders' weights: `weights_digest`) is
 stored with them; a cache made with other settings or other weights is rebuilt, never silently reused.
 """
@@ -21,7 +22,7 @@ from tqdm.auto import tqdm
 
 from .io import save_json
 
-Encoder = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+Encoder = Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]]  # a batch of stacked items -> named latents
 
 
 def epoch_file(folder: Path, epoch: int) -> Path:
@@ -55,7 +56,8 @@ def encoding_order(length: int, epoch: int) -> torch.Tensor:
 @torch.no_grad()
 def build_latent_cache(folder: Path, dataset, epochs: int, encode: Encoder, fingerprint: dict,
                        batch_size: int = 16, show_progress: bool = True) -> Path:
-    """Write `epochs` files of (mean, std, condition) for every item of `dataset` (which has `set_epoch`)."""
+    """Write `epochs` files of `encode(batch)`'s tensors for every item of `dataset` (which has `set_epoch`); the
+    batches `encode` gets are the items' tensors stacked."""
     folder = Path(folder)
     if cache_is_current(folder, epochs, fingerprint):
         return folder
@@ -64,12 +66,13 @@ def build_latent_cache(folder: Path, dataset, epochs: int, encode: Encoder, fing
     for epoch in range(epochs):
         dataset.set_epoch(epoch)
         order = encoding_order(len(dataset), epoch)
-        parts: dict[str, list[torch.Tensor]] = {"mean": [], "std": [], "condition": []}
+        parts: dict[str, list[torch.Tensor]] = {}
         for chunk in tqdm(order.split(batch_size), desc=f"latent cache, epoch {epoch}", disable=not show_progress):
             items = [dataset[int(i)] for i in chunk]
-            mean, std, condition = encode(torch.stack([x["hsi"] for x in items]), torch.stack([x["rgb"] for x in items]))
-            for key, value in zip(parts, (mean, std, condition)):
-                parts[key].append(value.float().cpu())
+            batch = {key: torch.stack([item[key] for item in items]) for key, value in items[0].items()
+                     if isinstance(value, torch.Tensor)}
+            for key, value in encode(batch).items():
+                parts.setdefault(key, []).append(value.float().cpu())
         by_item = torch.argsort(order)  # back to dataset order: row i is item i's latents
         tmp = folder / f".tmp-epoch-{epoch}.safetensors"
         save_file({k: torch.cat(v)[by_item].contiguous() for k, v in parts.items()}, str(tmp))
@@ -79,12 +82,12 @@ def build_latent_cache(folder: Path, dataset, epochs: int, encode: Encoder, fing
 
 
 class LatentCacheDataset(Dataset):
-    """Items {"mean", "std", "condition"} of epoch `epoch % epochs`; one epoch file in memory at a time."""
+    """Items (the named latents `encode` made) of epoch `epoch % epochs`; one epoch file in memory at a time."""
 
     def __init__(self, folder: Path, epochs: int) -> None:
         self.folder, self.epochs, self.epoch = Path(folder), epochs, 0
         self._loaded: tuple[int, dict[str, torch.Tensor]] = (-1, {})
-        self._length = len(self._tensors()["mean"])
+        self._length = len(next(iter(self._tensors().values())))
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -3,6 +3,7 @@ tokenizer/, model_index.json), with an SD-architecture UNet of a chosen size.
 
     python -m uldm.sd_scaffold runs/sd-taesd3 base --vae taesd3 --vae-weights ../shared/models/taesd
     python -m uldm.sd_scaffold runs/sd-random base --vae kl      # an AutoencoderKL with random weights
+    python -m uldm.sd_scaffold runs/sd-tae3-random base --vae taesd3 --vae-init random   # TAESD3's architecture only
 
 Stage 2 and the pre-training stages start from such a folder exactly as users start from
 `stabilityai/stable-diffusion-2-1`: same classes, same files, same loader. The UNet's weights are random (seeded;
@@ -54,9 +55,10 @@ def _build_tokenizer():
 
 
 def build_small_sd(size: str = "tiny", seed: int = 0, prediction_type: str = "epsilon", vae: str = "kl",
-                   vae_weights: Union[str, Path, None] = None):
+                   vae_weights: Union[str, Path, None] = None, vae_init: str = "pretrained"):
     """An SD-architecture `StableDiffusionPipeline` of the given size (in memory): random UNet; SpaAE `vae` = "kl"
-    (random AutoencoderKL of the size's spec) or a TAESD variant loaded from `vae_weights` (see module doc)."""
+    (random AutoencoderKL of the size's spec) or a TAESD variant, loaded from `vae_weights` or, with
+    `vae_init="random"`, its architecture with random weights (the control of a pretraining ablation)."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -66,9 +68,18 @@ def build_small_sd(size: str = "tiny", seed: int = 0, prediction_type: str = "ep
         raise ValueError(f"size must be one of {sorted(SIZES)}, got {size!r}")
     if vae != "kl" and vae not in TAESD_VARIANTS:
         raise ValueError(f"vae must be 'kl' or one of {sorted(TAESD_VARIANTS)}, got {vae!r}")
+    if vae_init not in ("pretrained", "random"):
+        raise ValueError(f"vae_init must be 'pretrained' or 'random', got {vae_init!r}")
     spec = SIZES[size]
     torch.manual_seed(seed)
-    autoencoder = _random_kl_autoencoder(spec) if vae == "kl" else load_taesd(vae_weights, vae)
+    if vae == "kl":
+        autoencoder = _random_kl_autoencoder(spec)
+    elif vae_init == "random":
+        from diffusers import AutoencoderTiny
+
+        autoencoder = AutoencoderTiny(latent_channels=TAESD_VARIANTS[vae]["latent_channels"])
+    else:
+        autoencoder = load_taesd(vae_weights, vae)
     levels, groups, latent = len(spec["unet"]), spec.get("groups", 8), autoencoder.config.latent_channels
     unet = UNet2DConditionModel(
         sample_size=32, in_channels=latent, out_channels=latent, layers_per_block=spec["layers"],
@@ -107,10 +118,14 @@ def _random_kl_autoencoder(spec: dict):
 
 
 def write_small_sd(folder: Union[str, Path], size: str = "tiny", seed: int = 0, prediction_type: str = "epsilon",
-                   vae: str = "kl", vae_weights: Union[str, Path, None] = None) -> Path:
-    """Save an SD-architecture pipeline of the given size (`build_small_sd`); returns the folder."""
-    build_small_sd(size, seed=seed, prediction_type=prediction_type, vae=vae,
-                   vae_weights=vae_weights).save_pretrained(folder)
+                   vae: str = "kl", vae_weights: Union[str, Path, None] = None, vae_init: str = "pretrained") -> Path:
+    """Save an SD-architecture pipeline of the given size (`build_small_sd`), atomically; returns the folder."""
+    from .io import atomic_folder
+
+    pipeline = build_small_sd(size, seed=seed, prediction_type=prediction_type, vae=vae, vae_weights=vae_weights,
+                              vae_init=vae_init)
+    with atomic_folder(folder) as tmp:
+        pipeline.save_pretrained(tmp)
     return Path(folder)
 
 
@@ -132,10 +147,12 @@ if __name__ == "__main__":
     parser.add_argument("--vae-weights", type=Path,
                         help="folder of <variant>_encoder/_decoder.safetensors (default: $ULDM_TAESD_DIR, else "
                              "../shared/models/taesd beside the repository)")
+    parser.add_argument("--vae-init", default="pretrained", choices=["pretrained", "random"],
+                        help="with a TAESD variant: its pretrained weights, or its architecture with random weights")
     args = parser.parse_args()
     try:
         folder = write_small_sd(args.folder, args.size, seed=args.seed, prediction_type=args.prediction_type,
-                                vae=args.vae, vae_weights=args.vae_weights)
+                                vae=args.vae, vae_weights=args.vae_weights, vae_init=args.vae_init)
     except ValueError as exc:  # SpaAELoadError: a missing or mismatched TAESD file, named
         parser.exit(2, f"error: {exc}\n")
     print(f"wrote {folder}")

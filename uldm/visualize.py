@@ -196,8 +196,11 @@ def plot_curve(
     xlabel: str,
     ylabel: str,
     title: str = "",
+    marker: Optional[str] = "o",
+    log_y: bool = False,
 ) -> Path:
-    """Save a PNG line plot of one or more named series against `x` (e.g. quality against sampling steps)."""
+    """Save a PNG line plot of one or more named series against `x` (e.g. quality against sampling steps; a loss
+    curve with `marker=None, log_y=True`)."""
     if not ys:
         raise ValueError("plot_curve needs at least one series")
     for name, values in ys.items():
@@ -206,9 +209,11 @@ def plot_curve(
     fig = _figure(figsize=(6, 4), dpi=100, layout="constrained")
     ax = fig.subplots()
     for name, values in ys.items():
-        ax.plot(list(x), list(values), marker="o", label=name)
+        ax.plot(list(x), list(values), marker=marker, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
     if title:
         ax.set_title(title)
     ax.grid(True, alpha=0.3)

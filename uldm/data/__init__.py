@@ -1,8 +1,10 @@
-"""Hyperspectral datasets: readers for CAVE, ARAD-1K and our own cubes, splits, and the training dataset."""
+"""Datasets: readers for CAVE, ARAD-1K and our own cubes, splits, the spectral training dataset, and natural
+photographs for RGB pre-training."""
 
 from __future__ import annotations
 
 from .dataset import SpectralPatchDataset
+from .photos import PhotoCropDataset, default_photo_root, find_images
 from .readers import (
     DatasetError,
     Scene,
@@ -17,10 +19,13 @@ from .splits import CAVE_VAL_SCENES, cave_split, default_cave_root, read_split_f
 __all__ = [
     "CAVE_VAL_SCENES",
     "DatasetError",
+    "PhotoCropDataset",
     "Scene",
     "SpectralPatchDataset",
     "cave_split",
     "default_cave_root",
+    "default_photo_root",
+    "find_images",
     "list_scenes",
     "read_arad",
     "read_cave",

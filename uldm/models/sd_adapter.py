@@ -122,15 +122,16 @@ def check_channels(folder: Path, name: str) -> None:
     latent = vae.get("latent_channels", 4)
     if unet.get("in_channels") != latent or unet.get("out_channels", latent) != latent:
         raise StableDiffusionLoadError(
-            f"{name}: the UNet takes {unet.get('in_channels')} input channels and gives {unet.get('out_channels')}; "
-            f"a text-to-image SD UNet has {latent} (the VAE's latent channels). "
-            "Inpainting/depth/already-widened UNets are not supported as a starting point."
+            f"{name}: the UNet takes {unet.get('in_channels')} input channels and gives {unet.get('out_channels')} "
+            f"(unet/config.json); a text-to-image SD UNet has the SpaAE's {latent} latent channels (vae/config.json). "
+            "Inpainting/depth/already-widened UNets, or a UNet made for another SpaAE, cannot be a starting point."
         )
 
 
 def load_stable_diffusion(name_or_path: str, revision: Optional[str] = None, variant: Optional[str] = None,
-                          cache_dir: Optional[str] = None) -> StableDiffusionParts:
-    """UNet (widened to 8 inputs), VAE, noise scheduler and the encoded empty prompt from an SD checkpoint."""
+                          cache_dir: Optional[str] = None, widen: bool = True) -> StableDiffusionParts:
+    """UNet (widened to [condition, noisy] latents unless `widen=False`), SpaAE, noise scheduler and the encoded empty
+    prompt from an SD checkpoint."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -161,5 +162,14 @@ def load_stable_diffusion(name_or_path: str, revision: Optional[str] = None, var
     realign_weights(unet, vae)
     empty_prompt = encode_empty_prompt(tokenizer, text_encoder)
     del text_encoder  # needed once: the pipeline stores the embedding instead
-    return StableDiffusionParts(unet=widen_conv_in(unet), vae=vae, noise_scheduler=noise_scheduler,
+    return StableDiffusionParts(unet=widen_conv_in(unet) if widen else unet, vae=vae, noise_scheduler=noise_scheduler,
                                 empty_prompt=empty_prompt)
+
+
+def sampling_scheduler(noise_scheduler):
+    """The training scheduler as a DDIM sampler with trailing timestep spacing (1 step starts at t=999: with
+    "leading" spacing it would start at t=1), no clipping: what the pipelines and the pre-training samples use."""
+    from diffusers import DDIMScheduler
+
+    return DDIMScheduler.from_config(noise_scheduler.config, timestep_spacing="trailing", clip_sample=False,
+                                     set_alpha_to_one=False, steps_offset=0)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 SPAAE_CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+RGB_ENCODINGS = ("linear", "srgb")
 
 
 class SpaAELoadError(ValueError):
@@ -71,6 +72,18 @@ def reconstruct(vae: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, tor
     posterior = vae.encode(images).latent_dist
     latent = posterior.sample()
     return vae.decode(latent).sample, _scale(vae, latent), posterior.kl().mean()
+
+
+def rgb_image(rgb: torch.Tensor, encoding: str = "linear") -> torch.Tensor:
+    """Linear RGB in [0, 1] -> the [-1, 1] image the SpaAE encodes as the condition: the values as they are
+    ("linear"), or sRGB-encoded ("srgb", IEC 61966-2-1), the encoding of the photographs that pretrained autoencoders
+    and UNets learnt from."""
+    if encoding == "srgb":
+        rgb = rgb.clamp(0, 1)
+        rgb = torch.where(rgb <= 0.0031308, 12.92 * rgb, 1.055 * rgb.clamp_min(0.0031308) ** (1 / 2.4) - 0.055)
+    elif encoding != "linear":
+        raise ValueError(f"rgb encoding must be one of {RGB_ENCODINGS}, got {encoding!r}")
+    return rgb * 2 - 1
 
 
 def decoder_modules(vae: nn.Module) -> list[nn.Module]:

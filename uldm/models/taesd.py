@@ -68,7 +68,8 @@ def _original_to_diffusers(key: str, half: str) -> str:
     return f"decoder.layers.{int(index) - 1}.{rest}"
 
 
-def _diffusers_to_original(key: str) -> str:
+def original_key(key: str) -> str:
+    """The original files' key of an AutoencoderTiny key (the inverse of the mapping `load_taesd` applies)."""
     half, _, rest = key.partition(".layers.")
     if half == "encoder":
         return rest
@@ -93,7 +94,7 @@ def convert_taesd_state_dict(model: torch.nn.Module, files: dict[str, Path]) -> 
     missing = sorted(set(expected) - set(converted))
     if missing:
         half = missing[0].split(".")[0]
-        raise SpaAELoadError(f"{files[half]}: missing key {_diffusers_to_original(missing[0])!r} "
+        raise SpaAELoadError(f"{files[half]}: missing key {original_key(missing[0])!r} "
                              f"({len(missing)} missing in all)")
     return converted
 

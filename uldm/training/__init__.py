@@ -3,6 +3,7 @@
 - `config`: YAML configs with `--set key=value` overrides (`RunConfig` for any run, `TrainConfig` for runs on
   spectral scenes); unknown or missing keys name the file;
 - `data`: seeded patches of spectral scenes, batches a pure function of (seed, epoch, position);
+- `denoising`: the Stable Diffusion objective (stage 2 and RGB pre-training);
 - `runtime`: the Accelerator and the learning-rate schedule;
 - `checkpointing`: atomic `save_state` checkpoints and exact resume;
 - `weights`: atomic model saves, gathering sharded weights, the exponential moving average;
@@ -12,7 +13,14 @@
 So checkpointing, resume and logging behave the same in every stage; a stage supplies its model and its loss.
 """
 
-from .checkpointing import CHECKPOINT_PATTERN, batches_from, checkpoints_in, resume, save_checkpoint, without_rng_draws
+from .checkpointing import (
+    CHECKPOINT_PATTERN,
+    batches_from,
+    checkpoints_in,
+    resume,
+    save_checkpoint,
+    without_rng_draws,
+)
 from .config import (
     ConfigError,
     RunConfig,
@@ -31,7 +39,8 @@ from .data import (
     sample_pixels,
     scene_paths,
 )
-from .loop import stage_main, train_loop
+from .denoising import denoising_loss, diffusion_target
+from .loop import read_metrics, stage_main, train_loop
 from .runtime import build_accelerator, build_scheduler, warn_if_one_cpu_thread
 from .validation import validate_pipeline
 from .weights import (
@@ -44,9 +53,10 @@ from .weights import (
 )
 
 __all__ = [
-    "CHECKPOINT_PATTERN", "ConfigError", "EpochSampler", "ModelEMA", "RunConfig", "TrainConfig", "averaged_weights",
-    "base_argument_parser", "batches_from", "build_accelerator", "build_augmentation", "build_ema", "build_scheduler",
-    "build_train_loader", "checkpoints_in", "config_dict", "config_from_args", "final_model", "full_model",
-    "load_config", "make_loader", "resume", "sample_pixels", "save_checkpoint", "save_pretrained_atomic",
-    "scene_paths", "stage_main", "train_loop", "typed_value", "validate_pipeline", "warn_if_one_cpu_thread", "without_rng_draws",
+    "averaged_weights", "base_argument_parser", "batches_from", "build_accelerator", "build_augmentation",
+    "build_ema", "build_scheduler", "build_train_loader", "CHECKPOINT_PATTERN", "checkpoints_in", "config_dict",
+    "config_from_args", "ConfigError", "denoising_loss", "diffusion_target", "EpochSampler", "final_model",
+    "full_model", "load_config", "make_loader", "ModelEMA", "read_metrics", "resume", "RunConfig", "sample_pixels",
+    "save_checkpoint", "save_pretrained_atomic", "scene_paths", "stage_main", "train_loop", "TrainConfig",
+    "typed_value", "validate_pipeline", "warn_if_one_cpu_thread", "without_rng_draws",
 ]

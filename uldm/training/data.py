@@ -18,7 +18,13 @@ from .config import ConfigError, RunConfig, TrainConfig
 
 def scene_paths(config: TrainConfig, which: Any) -> list[Path]:
     """Resolve a config's scene selection ("train"/"val"/"all", names, or a split file) to paths."""
-    from ..data import cave_split, default_cave_root, list_scenes, read_split_file, select_scenes
+    from ..data import (
+        cave_split,
+        default_cave_root,
+        list_scenes,
+        read_split_file,
+        select_scenes,
+    )
 
     root = Path(config.data_root) if config.data_root else default_cave_root()
     if root is None or not root.exists():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Type
 
@@ -9,8 +11,56 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpointing import batches_from, save_checkpoint
-from .config import ConfigError, ConfigT, RunConfig, base_argument_parser, config_from_args
+from .config import (
+    ConfigError,
+    ConfigT,
+    RunConfig,
+    base_argument_parser,
+    config_from_args,
+)
 from .weights import ModelEMA
+
+
+def metrics_file(output_dir: Path) -> Path:
+    return Path(output_dir) / "logs" / "metrics.jsonl"
+
+
+def append_metrics(output_dir: Path, step: int, logs: dict[str, float]) -> None:
+    path = metrics_file(output_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps({"step": step, **logs}) + "\n")
+
+
+def read_metrics(output_dir: Path) -> list[dict[str, float]]:
+    """The logged steps in order, one dict each; where a resumed run logged a step again, its line wins (a line cut
+    short by a crash is skipped)."""
+    by_step: dict[int, dict[str, float]] = {}
+    path = metrics_file(output_dir)
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            by_step[int(row["step"])] = row
+    return [by_step[step] for step in sorted(by_step)]
+
+
+def record_budget(output_dir: Path, accelerator, config: RunConfig, first: int, last: int, seconds: float) -> Path:
+    """Append what this call of the loop spent to <output_dir>/logs/run_summary.json (a resumed run adds an entry),
+    so ablations can state equal budgets: steps, samples seen, wall-clock and the device."""
+    from ..io import save_json
+
+    path = output_dir / "logs" / "run_summary.json"
+    entries = json.loads(path.read_text()) if path.exists() else []
+    device = accelerator.device
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    per_step = config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
+    entries.append({"from_step": first, "to_step": last, "samples": (last - first) * per_step,
+                    "seconds": round(seconds, 1), "device": name, "processes": accelerator.num_processes,
+                    "mixed_precision": accelerator.mixed_precision, "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return save_json(entries, path)
 
 
 def train_loop(
@@ -35,10 +85,13 @@ def train_loop(
     clipping, the `ema` update after each optimizer step, atomic checkpoints every
     `checkpointing_steps`, `validate_fn(step)` every `validation_steps`, tracker logging and a progress bar.
     `validate_fn` runs on every process (so it can call the collective `full_model`) and returns the main
-    process's metrics ({} elsewhere).
+    process's metrics ({} elsewhere). Every step's logs also go, one JSON line each, to <output_dir>/logs/
+    metrics.jsonl (`read_metrics` reads them back, a resumed run's lines winning), for loss curves without a tracker,
+    and each call's budget (steps, samples, seconds, device) to <output_dir>/logs/run_summary.json.
     """
     output_dir = Path(config.output_dir)
     step = start_step
+    started = time.perf_counter()
     params = [p for model in models for p in model.parameters() if p.requires_grad]
     progress = tqdm(total=config.max_train_steps, initial=step, desc=desc, disable=not accelerator.is_local_main_process)
     for _, batch in batches_from(loader, dataset, sampler, accelerator, step, config.gradient_accumulation_steps):
@@ -69,7 +122,11 @@ def train_loop(
                 tqdm.write(f"step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
             accelerator.wait_for_everyone()
         accelerator.log(logs, step=step)
+        if accelerator.is_main_process:
+            append_metrics(output_dir, step, logs)
     progress.close()
+    if accelerator.is_main_process:
+        record_budget(output_dir, accelerator, config, start_step, step, time.perf_counter() - started)
     return step
 
 

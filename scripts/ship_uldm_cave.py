@@ -1,0 +1,144 @@
+"""Install a trained CAVE ULDM pipeline as a shipped checkpoint, with a model card built from the runs' records.
+
+    python scripts/ship_uldm_cave.py runs/cave-std/c-seed0/pipeline checkpoints/uldm-cave --runs runs \\
+        --ablation benchmarks/results/pretraining_ablation.json
+
+The card is generated, never typed: components and their origin from the pipeline's configs and the run folders
+that `scripts/train_uldm_cave.sh` wrote (each stage's logs/run_summary.json: steps, samples, seconds, device), the
+metrics and the ablation table from the JSON that `benchmarks/pretraining_ablation.py` wrote.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from uldm.hub import write_model_card
+from uldm.io import atomic_folder
+
+ARM_NAMES = {"a": "nothing pretrained", "b": "pretrained SpaAE", "c": "pretrained SpaAE + RGB-pretrained UNet"}
+
+
+def parameter_count(weights: Path) -> int:
+    """Parameters in a safetensors file, from its header."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights), "pt") as handle:
+        return sum(math.prod(handle.get_slice(key).get_shape()) for key in handle.keys())
+
+
+def run_budget(folder: Path) -> str:
+    """'N steps, M samples, S min on DEVICE' from a run folder's logs/run_summary.json (resumed calls summed)."""
+    path = folder / "logs" / "run_summary.json"
+    if not path.exists():
+        return "budget not recorded"
+    entries = json.loads(path.read_text())
+    seconds = sum(e["seconds"] for e in entries)
+    return (f"{entries[-1]['to_step']} steps, {sum(e['samples'] for e in entries):,} samples, "
+            f"{seconds / 60:.0f} min on {entries[-1]['device']}")
+
+
+def ablation_table(ablation: dict[str, Any]) -> str:
+    lines = ["| split (val scenes) | model | PSNR (dB) | SAM (°) | MRAE | RMSE |", "| --- | --- | --- | --- | --- | --- |"]
+    for split, result in ablation["splits"].items():
+        scenes = ", ".join(name.removesuffix("_ms") for name in result["val_scenes"])
+        for label, row in result["rows"].items():
+            arm = label.split(" seed ")[0]
+            name = f"{label}: {ARM_NAMES[arm]}" if arm in ARM_NAMES else label
+            lines.append(f"| {split} ({scenes}) | {name} | {row['psnr']:.2f} | {row['sam']:.2f} | {row['mrae']:.4f} "
+                         f"| {row['rmse']:.4f} |")
+    lines += ["", "| comparison | PSNR difference per split (dB) | seed spread (dB) | counts |", "| --- | --- | --- | --- |"]
+    for name, verdict in ablation["verdicts"].items():
+        means = ", ".join(f"{split} {value:+.2f}" for split, value in verdict["psnr_mean_difference"].items())
+        spread = "-" if verdict["seed_spread_psnr"] is None else f"{verdict['seed_spread_psnr']:.2f}"
+        lines.append(f"| {name} | {means} | {spread} | {'yes' if verdict['counts'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def card_text(pipeline: Path, runs: Path, arm: str, ablation: dict[str, Any]) -> tuple[str, dict[str, float], str]:
+    """(description, metrics, training notes) for the card."""
+    std = ablation["splits"]["std"]
+    row = std["rows"][f"{arm} seed 0"]
+    base = std["rows"][next(iter(std["rows"]))]
+    index = json.loads((pipeline / "model_index.json").read_text())
+    unet = json.loads((pipeline / "unet" / "config.json").read_text())
+    params = {name: parameter_count(pipeline / name / "diffusion_pytorch_model.safetensors")
+              for name in ("unet", "vae", "speuae")}
+    split = runs / "cave-std"
+    description = f"""A `SpectralReconstructionPipeline` (RGB -> 31 bands, 400-700 nm) for the Nikon 5100 camera, trained on the
+21 training scenes of the CAVE database's standard split (every scene but balloons, face, jelly_beans and stuffed_toys),
+clean linear RGB. It is arm **{arm}** of the RGB-pretraining ablation ({ARM_NAMES[arm]}), the arm that ablation
+supports (below).
+
+Components and where their weights come from:
+- **SpaAE** (`vae/`, `{index['vae'][1]}`, {params['vae']:,} parameters, 16 latent channels at 1/8 resolution): TAESD3, the
+  tiny autoencoder of the Stable Diffusion 3 latent space by Ollin Boer Bohan (MIT licence, github.com/madebyollin/taesd),
+  converted to diffusers' AutoencoderTiny by `uldm.models.taesd`, then adapted to CAVE RGB and SpeUAE code images
+  (stages/configs/spaae_cave_taesd3.yaml: {run_budget(split / 'spaae-taesd3')}).
+- **UNet** (`unet/`, Stable Diffusion architecture, {params['unet']:,} parameters, `block_out_channels`
+  {unet['block_out_channels']}): {'random weights, ' if arm != 'c' else ''}{'pre-trained with the Stable Diffusion objective on 1,680 natural photographs (an ImageNet validation sample, BSDS500, Urban100, Sun-Hays 80; stages/configs/rgb_pretrain_cpu.yaml: ' + run_budget(runs / 'rgb-pretrain') + '), ' if arm == 'c' else ''}then trained as the ULDM
+  (stage 2, stages/configs/uldm_cave_taesd3.yaml: {run_budget(pipeline.parent)}).
+- **SpeUAE** (`speuae/`, {params['speuae']:,} parameters): stage 1, stages/configs/speuae_cave_fast.yaml
+  ({run_budget(split / 'speuae')}).
+- **code prior** (`code_prior/`): the root-polynomial regression (degree 2) fitted on the training scenes; the
+  diffusion model generates 3x the code's residual from the regression's code.
+
+On the standard split's 4 val scenes, at its default of one denoising step: **{row['psnr']:.2f} dB PSNR, {row['sam']:.2f}°
+SAM, MRAE {row['mrae']:.4f}** (root-polynomial baseline fitted on the same training scenes: {base['psnr']:.2f} dB,
+{base['sam']:.2f}°, MRAE {base['mrae']:.4f}). Every output re-renders to its input RGB to float precision (max
+{row['max_rgb_error']:.1e})."""
+    metrics = {"val PSNR (dB)": round(row["psnr"], 2), "val SAM (deg)": round(row["sam"], 2),
+               "val MRAE": round(row["mrae"], 4), "val RMSE": round(row["rmse"], 4),
+               "max RGB re-projection error": float(f"{row['max_rgb_error']:.1e}")}
+    training = f"""Reproduce every stage, from nothing, on a 2-core CPU with `../shared` beside the repository:
+
+```bash
+bash scripts/train_uldm_cave.sh --arm {arm} --ship
+```
+
+### The RGB-pretraining ablation
+
+Arms a / b / c share data, steps, batch, seed and every setting; only where their weights start differs.
+`bash scripts/ablation_pretraining.sh` trains them on both splits and scores them
+(`python benchmarks/pretraining_ablation.py --json benchmarks/results/pretraining_ablation.json`); each val set was
+scored once per pipeline. A difference counts only if its sign holds on both splits and it exceeds the run-to-run
+spread between two seeds of one arm.
+
+{ablation_table(ablation)}"""
+    return description, metrics, training
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("pipeline", type=Path, help="the stage-2 pipeline folder, <runs>/cave-std/<arm>-seed0/pipeline")
+    parser.add_argument("destination", type=Path, help="e.g. checkpoints/uldm-cave")
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--ablation", type=Path, default=Path("benchmarks/results/pretraining_ablation.json"))
+    args = parser.parse_args(argv)
+    match = re.match(r"^([abc])-seed0$", args.pipeline.parent.name)
+    if not match or args.pipeline.parent.parent.name != "cave-std":
+        parser.error(f"{args.pipeline}: expected <runs>/cave-std/<a|b|c>-seed0/pipeline")
+    if not args.ablation.exists():
+        parser.error(f"{args.ablation}: no ablation results (run benchmarks/pretraining_ablation.py --json ... first)")
+    ablation = json.loads(args.ablation.read_text())
+    arm = match[1]
+    scored = ablation["splits"]["std"]["rows"].get(f"{arm} seed 0", {}).get("pipeline")
+    if scored is None or Path(scored).resolve() != args.pipeline.resolve():
+        parser.error(f"{args.ablation} did not score {args.pipeline} (it scored {scored}): run the benchmark again")
+    description, metrics, training = card_text(args.pipeline, args.runs, arm, ablation)
+    with atomic_folder(args.destination) as tmp:
+        shutil.copytree(args.pipeline, tmp)
+        write_model_card(tmp, title="ULDM on CAVE from pretrained RGB components", description=description,
+                         metrics=metrics, camera="Nikon 5100 (NPL)", training=training, tags=["cave", "taesd"])
+    print(f"shipped {args.pipeline} as {args.destination}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Train a CAVE ULDM end to end, every stage from nothing, on the 2-core CPU:
+#   1. stage 1: the SpeUAE (stages/configs/speuae_cave_fast.yaml) on the split's training scenes;
+#   2. the Stable Diffusion scaffold: SD-architecture UNet (random) + the TAESD3 SpaAE (../shared/models/taesd);
+#   3. RGB pre-training of the UNet on photographs (stages/configs/rgb_pretrain_cpu.yaml; arm c only);
+#   4. the SpaAE adapted to CAVE RGB and code images (stages/configs/spaae_cave_taesd3.yaml);
+#   5. stage 2 (stages/configs/uldm_cave_taesd3.yaml) from the arm's starting point.
+# Arms of the pretraining ablation (identical data, steps, batch and seed; only where the weights start differs):
+#   a  random UNet + TAESD3-architecture SpaAE with random weights, trained on CAVE (nothing pretrained)
+#   b  random UNet + pretrained TAESD3 SpaAE, adapted
+#   c  RGB-pretrained UNet + pretrained TAESD3 SpaAE, adapted (the shipped recipe)
+# Finished stages are skipped (their output folder exists; outputs are written atomically) and unfinished ones
+# resume from their last checkpoint, so a stopped run continues when the script is run again.
+#
+#   bash scripts/train_uldm_cave.sh                           # arm c, standard split, seed 0 -> runs/cave-std/c-seed0
+#   bash scripts/train_uldm_cave.sh --arm a --split b --seed 1
+#   bash scripts/train_uldm_cave.sh --ship                    # ... then install it as checkpoints/uldm-cave
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+ARM=c SPLIT=std SEED=0 SHIP=0 RUNS=runs
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --arm) ARM="$2"; shift 2 ;;
+        --split) SPLIT="$2"; shift 2 ;;
+        --seed) SEED="$2"; shift 2 ;;
+        --runs) RUNS="$2"; shift 2 ;;
+        --ship) SHIP=1; shift ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+        *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+case "$ARM" in a|b|c) ;; *) echo "--arm must be a, b or c" >&2; exit 2 ;; esac
+case "$SPLIT" in
+    std) TRAIN=train VAL=val ;;
+    b) TRAIN=stages/configs/splits/cave_b_train.txt VAL=stages/configs/splits/cave_b_val.txt ;;
+    *) echo "--split must be std or b" >&2; exit 2 ;;
+esac
+if [ "$SHIP" = 1 ] && [ "$SPLIT" != std ]; then echo "--ship takes the standard split" >&2; exit 2; fi
+
+# shellcheck disable=SC1091
+source scripts/setup.sh
+SPLIT_DIR="$RUNS/cave-$SPLIT"
+SCENES=(--set "train_scenes=$TRAIN" --set "val_scenes=$VAL")
+
+run_stage() {  # run_stage OUTPUT COMMAND...: skip when OUTPUT exists, else run (resuming from checkpoints)
+    local output="$1"; shift
+    if [ -e "$output" ]; then
+        echo "== done: $output"
+    else
+        echo "== $output: $*"
+        "$@"
+    fi
+}
+
+# 1. SpeUAE on the split's training scenes
+run_stage "$SPLIT_DIR/speuae/speuae" python stages/train_speuae.py --config stages/configs/speuae_cave_fast.yaml \
+    --set "output_dir=$SPLIT_DIR/speuae" "${SCENES[@]}" --resume_from_checkpoint latest
+
+# 2. the SD scaffold: the UNet's random start is the same (seed 0) whatever the SpaAE's weights
+if [ "$ARM" = a ]; then
+    BASE="$RUNS/sd-taesd3-random"
+    run_stage "$BASE" python -m uldm.sd_scaffold "$BASE" base --vae taesd3 --vae-init random --prediction-type sample
+    ADAPT=(--set "sd_folder=$BASE" --set learning_rate=1.0e-3 --set latent_anchor_weight=0)
+    SPAAE="$SPLIT_DIR/spaae-random"
+else
+    BASE="$RUNS/sd-taesd3"
+    run_stage "$BASE" python -m uldm.sd_scaffold "$BASE" base --vae taesd3 --prediction-type sample
+    ADAPT=(--set "sd_folder=$BASE")
+    SPAAE="$SPLIT_DIR/spaae-taesd3"
+fi
+
+# 3. RGB pre-training of the UNet on photographs (split-independent: no CAVE data)
+if [ "$ARM" = c ]; then
+    run_stage "$RUNS/rgb-pretrain/sd" python stages/pretrain_rgb.py --config stages/configs/rgb_pretrain_cpu.yaml \
+        --set "output_dir=$RUNS/rgb-pretrain" --set "sd_folder=$BASE" --resume_from_checkpoint latest
+fi
+
+# 4. the SpaAE adapted to the split's RGB and code images
+run_stage "$SPAAE/sd" python stages/pretrain_spaae.py --config stages/configs/spaae_cave_taesd3.yaml \
+    --set "output_dir=$SPAAE" --set "speuae_path=$SPLIT_DIR/speuae/speuae" "${SCENES[@]}" "${ADAPT[@]}" \
+    --resume_from_checkpoint latest
+
+# 5. stage 2 from the arm's UNet, with the adapted SpaAE
+case "$ARM" in
+    a|b) START=(--set "pretrained_model_name_or_path=$SPAAE/sd" --set pretrained_vae_model_name_or_path=null) ;;
+    c) START=(--set "pretrained_model_name_or_path=$RUNS/rgb-pretrain/sd" --set "pretrained_vae_model_name_or_path=$SPAAE/sd") ;;
+esac
+OUT="$SPLIT_DIR/$ARM-seed$SEED"
+run_stage "$OUT/pipeline" python stages/train_uldm.py --config stages/configs/uldm_cave_taesd3.yaml \
+    --set "output_dir=$OUT" --set "speuae_path=$SPLIT_DIR/speuae/speuae" "${SCENES[@]}" "${START[@]}" \
+    --set "seed=$SEED" --resume_from_checkpoint latest
+echo "== pipeline: $OUT/pipeline"
+
+# 6. install as the shipped checkpoint, with a model card generated from the runs' own records
+if [ "$SHIP" = 1 ]; then
+    python scripts/ship_uldm_cave.py "$OUT/pipeline" checkpoints/uldm-cave --runs "$RUNS"
+fi
