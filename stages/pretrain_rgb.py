@@ -176,8 +176,10 @@ def plot_loss_curve(output_dir: Path) -> Optional[Path]:
     steps = [row["step"] for row in rows]
     loss = np.array([row["train/loss"] for row in rows])
     window = max(1, len(loss) // 50)
-    smooth = np.convolve(loss, np.ones(window) / window, mode="same") if window > 1 else loss
-    series = {"training loss": loss.tolist(), f"running mean ({window} steps)": smooth.tolist()}
+    totals = np.concatenate([[0.0], np.cumsum(loss)])
+    first = np.maximum(np.arange(1, len(loss) + 1) - window, 0)
+    smooth = (totals[1:] - totals[first]) / (np.arange(1, len(loss) + 1) - first)  # mean of the last `window` steps
+    series = {"training loss": loss.tolist(), f"mean of the last {window} steps": smooth.tolist()}
     path = plot_curve(output_dir / "loss_curve.png", steps, series, xlabel="step", ylabel="MSE",
                       title="RGB pre-training", marker=None, log_y=True)
     validated = [row for row in rows if "val/loss" in row]

@@ -181,13 +181,6 @@ def test_bad_pretrained_path_is_reported_by_the_entry_point(tmp_path, tiny_speua
     assert "pretrained_model_name_or_path" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("name", ["uldm_cave_small.yaml", "uldm_arad_sd21.yaml", "uldm_cave_base.yaml",
-                                  "uldm_cave_prior.yaml", "uldm_cave_tilt.yaml", "uldm_cave_mix.yaml"])
-def test_shipped_configs_are_valid(name):
-    config = load_config(ULDMConfig, REPO / "stages" / "configs" / name)
-    assert config.pretrained_model_name_or_path and config.speuae_path
-
-
 @pytest.mark.slow
 def test_precomputed_latents_match_live_encoding_and_train(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
     from uldm.latent_cache import LatentCacheDataset
