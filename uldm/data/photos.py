@@ -10,7 +10,6 @@ drawn from a generator fixed by (seed, epoch, index), so a resumed run sees the 
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -29,11 +28,9 @@ PHOTO_ROOT_ENV = "ULDM_RGB_ROOT"
 
 def default_photo_root() -> Optional[Path]:
     """`$ULDM_RGB_ROOT` when set, else `<repo>/../shared/data/rgb` if it exists, else None."""
-    configured = os.environ.get(PHOTO_ROOT_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    candidate = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "rgb"
-    return candidate if candidate.is_dir() else None
+    from ..paths import shared_location
+
+    return shared_location(PHOTO_ROOT_ENV, "data", "rgb")
 
 
 def find_images(root: PathLike, exclude: Sequence[str] = (), include: Optional[Sequence[str]] = None) -> list[Path]:

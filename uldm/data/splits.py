@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
 
@@ -22,12 +21,9 @@ def default_cave_root() -> Optional[Path]:
     `$ULDM_CAVE_ROOT` wins when set (returned even if missing, so a typo surfaces as a clear "does not exist"
     rather than a silent fallback); otherwise `<repo>/../shared/data/cave` if it exists; otherwise None.
     """
-    configured = os.environ.get(CAVE_ROOT_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    repo = Path(__file__).resolve().parents[2]  # uldm/data/splits.py -> repo
-    candidate = repo.parent / "shared" / "data" / "cave"
-    return candidate if candidate.is_dir() else None
+    from ..paths import shared_location
+
+    return shared_location(CAVE_ROOT_ENV, "data", "cave")
 
 
 def cave_split(root: Optional[PathLike]) -> dict[str, list[Path]]:

@@ -11,7 +11,6 @@ shape is checked (a file that does not match is refused, naming the file and the
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -32,11 +31,9 @@ TAESD_DIR_ENV = "ULDM_TAESD_DIR"
 
 def default_taesd_dir() -> Optional[Path]:
     """Where the TAESD files are looked for: `$ULDM_TAESD_DIR`, else `<repo>/../shared/models/taesd` if present."""
-    configured = os.environ.get(TAESD_DIR_ENV)
-    if configured:
-        return Path(configured).expanduser()
-    candidate = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "taesd"
-    return candidate if candidate.is_dir() else None
+    from ..paths import shared_location
+
+    return shared_location(TAESD_DIR_ENV, "models", "taesd")
 
 
 def taesd_files(weights_dir: Union[str, Path], variant: str) -> tuple[Path, Path]:
