@@ -166,6 +166,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="evaluate R2H-Diff pipelines both without and with the projection onto Φŝ = c")
     parser.add_argument("--cost-size", type=int, default=COST_SIZE,
                         help=f"image size for the FLOP and time columns (default: {COST_SIZE}, the papers' convention)")
+    parser.add_argument("--costs-only", action="store_true",
+                        help="only the cost columns (parameters, GFLOP, seconds): no scene is scored")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the rows (and per-scene metrics) as JSON")
     return parser.parse_args(argv)
 
@@ -178,23 +180,23 @@ def scenes_for(root: Optional[Path], split: str) -> list[Path]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    scenes = scenes_for(args.data, args.split)
+    scenes = [] if args.costs_only else scenes_for(args.data, args.split)
     rows: dict[str, dict[str, Any]] = {}
     details: dict[str, Any] = {}
     for spec in args.checkpoints:
         model = load_reconstructor(spec, steps=args.steps, ensemble=args.ensemble, seed=args.seed)
         for label, project in variants(spec, model, args.rgb_consistent):
             with projection(model, project):
-                result = evaluate(model, scenes, model.camera, progress=False)
                 costs = measure_costs(model, args.steps, args.ensemble, args.cost_size)
-            mean = result.mean
-            rows[label] = {**{k: mean[k] for k in ("psnr", "sam", "mrae", "rmse")},
-                           "max_rgb_error": max(row["rgb_error"] for row in result.per_scene.values()),
-                           **costs, "checkpoint": spec, "rgb_projection": project}
-            details[label] = result.to_dict()
+                rows[label] = {**costs, "checkpoint": spec, "rgb_projection": project}
+                if scenes:
+                    result = evaluate(model, scenes, model.camera, progress=False)
+                    rows[label].update({k: result.mean[k] for k in ("psnr", "sam", "mrae", "rmse")},
+                                       max_rgb_error=max(row["rgb_error"] for row in result.per_scene.values()))
+                    details[label] = result.to_dict()
             print(f"done: {label}", file=sys.stderr)
-    print(f"CAVE {args.split} split ({len(scenes)} scenes, linear noise-free RGB); costs at {args.cost_size}x{args.cost_size}, "
-          f"{torch.get_num_threads()} CPU threads")
+    scored = "no scenes scored" if args.costs_only else f"CAVE {args.split} split ({len(scenes)} scenes, linear noise-free RGB)"
+    print(f"{scored}; costs at {args.cost_size}x{args.cost_size}, {torch.get_num_threads()} CPU threads")
     print(format_rows(rows))
     if args.json is not None:
         save_json({"rows": rows, "evaluations": details}, args.json)

@@ -316,6 +316,16 @@ def test_compare_models_prints_one_table_and_measures_the_projection(tiny_r2h_pi
     assert free["gflops_per_image"] == pytest.approx(5 * free["gflops_per_step"], rel=0.01)  # + rendering for rgb_error
 
 
+def test_compare_models_costs_only_scores_no_scene(tiny_r2h_pipeline, tmp_path, load_benchmark, monkeypatch):
+    compare_models = load_benchmark("compare_models")
+    tiny_r2h_pipeline.save_pretrained(tmp_path / "r2h" / "pipeline")
+    monkeypatch.setattr(compare_models, "evaluate", lambda *a, **k: pytest.fail("a scene was scored"))
+    assert compare_models.main([str(tmp_path / "r2h" / "pipeline"), "--data", str(tmp_path / "no-data"),
+                                "--costs-only", "--cost-size", "32", "--json", str(tmp_path / "c.json")]) == 0
+    row = json.loads((tmp_path / "c.json").read_text())["rows"]["r2h/pipeline"]
+    assert row["seconds_per_image"] > 0 and row["gflops_per_image"] > 0 and "psnr" not in row
+
+
 def test_compare_models_scores_each_cave_split(tiny_cave_root, load_benchmark):
     from uldm.data import cave_split
 
