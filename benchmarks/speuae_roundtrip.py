@@ -18,6 +18,7 @@ import torch
 
 from uldm.baseline import RootPolynomialRegression
 from uldm.data import cave_split, default_cave_root, read_scene
+from uldm.io import save_json
 from uldm.metrics import evaluate_cube, format_table, mean_metrics
 from uldm.models import SpeUAE, spaae
 from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code, residual_to_code
@@ -140,6 +141,7 @@ def main() -> None:
                              "with --vae, the VAE carrying the code's residual from it (the ULDM with a code prior)")
     parser.add_argument("--residual-scale", type=float, default=3.0, help="the residual's scale before the VAE")
     parser.add_argument("--per-scene", action="store_true", help="also print every model's per-scene table")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write every model's mean and per-scene metrics")
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="scenes to score (train: how well the models fit what they were fitted on)")
     parser.add_argument("--refine-steps", type=int,
@@ -179,14 +181,19 @@ def main() -> None:
         if args.vae_fit_steps:
             models[f"SpeUAE + SpaAE, latents fitted ({args.vae_fit_steps} Adam steps)"] = spaae_model(
                 model, vae, args.vae_fit_steps)
-    summary = {}
+    summary, per_scene = {}, {}
     for name, round_trip in models.items():
         rows = {scene: evaluate_cube(round_trip(cube), cube) for scene, cube in scored.items()}
-        summary[name] = mean_metrics(list(rows.values()))
+        summary[name], per_scene[name] = mean_metrics(list(rows.values())), rows
         if args.per_scene:
             print(f"{name}:\n{format_table(rows, first_column='scene')}\n")
     print(f"Round trip on the CAVE {args.split} split ({len(scored)} scenes), camera {camera.name}:")
     print(format_table(summary, first_column="model", mean_row=False))
+    if args.json is not None:
+        save_json({"split": args.split, "scenes": list(scored), "speuae": str(args.speuae),
+                   "vae": None if args.vae is None else str(args.vae), "residual_scale": args.residual_scale,
+                   "mean": summary, "per_scene": per_scene}, args.json)
+        print(f"wrote {args.json}")
     for steps in sorted({0, refine_steps}):
         for size in (256, 512):
             encode, decode = time_model(model, size, steps)

@@ -523,3 +523,20 @@ def test_the_shipped_cave_configs_are_valid(name):
     assert config.camera_response().name == "Nikon 5100 (NPL)"
     SpeUAE(encoder_channels=config.encoder_channels, decoder_channels=config.decoder_channels,
            num_layers=config.num_layers, activation=config.activation, context=config.context)
+
+
+def test_the_round_trip_benchmark_writes_every_row_as_json(tmp_path, tiny_cave_root, tiny_speuae_dir, tiny_tae_sd_dir,
+                                                          load_benchmark, monkeypatch):
+    import json
+
+    bench = load_benchmark("speuae_roundtrip")
+    monkeypatch.setattr(bench, "time_model", lambda *args, **kwargs: (0.0, 0.0))  # timing is not what is tested here
+    monkeypatch.setattr(sys, "argv", ["speuae_roundtrip.py", "--speuae", str(tiny_speuae_dir), "--data",
+                                      str(tiny_cave_root), "--vae", str(tiny_tae_sd_dir), "--json",
+                                      str(tmp_path / "rt.json")])
+    bench.main()
+    result = json.loads((tmp_path / "rt.json").read_text())
+    assert result["split"] == "val" and result["scenes"] == ["balloons_ms"] and result["vae"] == str(tiny_tae_sd_dir)
+    assert "SpeUAE + SpaAE (VAE round trip)" in result["mean"]
+    for name, mean in result["mean"].items():
+        assert mean["psnr"] == pytest.approx(result["per_scene"][name]["balloons_ms"]["psnr"])
