@@ -12,4 +12,11 @@ fi
 if ! python -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '${TORCH_VERSION:-2.13.0}')" 2>/dev/null; then
     python -m pip install --quiet "torch==${TORCH_VERSION:-2.13.0}"
 fi
-python -m pip install --quiet -e ".[dev]"
+# uldm itself (editable) and its dependencies: again only when setup.cfg or pyproject.toml changed since the last
+# install, so scripts that set up and run in parallel (scripts/ablation_pretraining.sh) do not reinstall at once.
+stamp=.venv/.uldm-install-stamp
+wanted=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || ! python -c "import uldm" 2>/dev/null; then
+    python -m pip install --quiet -e ".[dev]"
+    echo "$wanted" > "$stamp"
+fi

@@ -1,0 +1,176 @@
+"""Write the tables in README.md and docs/results.md from the JSON the benchmarks wrote (never typed by hand).
+
+    python benchmarks/docs_tables.py            # rewrite every table
+    python benchmarks/docs_tables.py --check    # exit 1 if a table differs from its JSON (the test suite runs this)
+
+Each table sits between `<!-- table:NAME ... -->` and `<!-- /table:NAME -->` in its document; TABLES says which
+JSON file(s) and which function make it. A table whose JSON is missing is left as it is (and reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def _json(name: str) -> dict[str, Any]:
+    return json.loads((RESULTS / name).read_text())
+
+
+def _cell(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _rows(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows]) + "\n"
+
+
+# ----------------------------------------------------------------------------------------------- tables
+MODEL_NAMES = {"baseline-rootpoly-nikon5100.npz": "root-polynomial regression (degree 2), the baseline",
+               "uldm-cave": "ULDM `checkpoints/uldm-cave`", "r2hdiff-cave (free)": "R2H-Diff `checkpoints/r2hdiff-cave`",
+               "r2hdiff-cave (+RGB proj.)": "R2H-Diff + projection onto Φŝ = c"}
+
+
+def results_table() -> str:
+    """README: every shipped model and the baseline on the standard CAVE val split (compare_models.py)."""
+    rows = []
+    for label, row in _json("compare_cave.json")["rows"].items():
+        steps = f", {row['steps']} step{'s' if row['steps'] > 1 else ''}" if row.get("steps") else ""
+        rows.append([f"{MODEL_NAMES.get(label, label)}{steps}", _cell(row.get("psnr"), "{:.2f}"),
+                     _cell(row.get("sam"), "{:.2f}"), _cell(row.get("mrae"), "{:.4f}"), _cell(row.get("rmse"), "{:.4f}"),
+                     _cell(row.get("max_rgb_error"), "{:.1e}"), _cell(row.get("parameters"), "{:,}"),
+                     _cell(row.get("gflops_per_image"), "{:.2f}"), _cell(row.get("seconds_per_image"), "{:.2f}")])
+    return _rows(["model", "PSNR (dB)", "SAM (°)", "MRAE", "RMSE", "max RGB error", "parameters", "GFLOP / image",
+                  "s / image"], rows)
+
+
+ROUNDTRIPS = (("spaae_roundtrip_base_kl.json", "AutoencoderKL trained from random weights (the earlier ULDM's, 8 channels at 1/4)"),
+              ("spaae_roundtrip_taesd.json", "TAESD (4 channels at 1/8), as pretrained"),
+              ("spaae_roundtrip_taesd_adapted.json", "TAESD, adapted (300 steps)"),
+              ("spaae_roundtrip_taesd3.json", "TAESD3 (16 channels at 1/8), as pretrained"),
+              ("spaae_roundtrip_taesd3_adapted.json", "TAESD3, adapted (300 steps)"))
+TRUE_CODE = "SpeUAE + SpaAE (VAE round trip)"
+RESIDUAL = "SpeUAE + SpaAE carrying 3 x the residual from the prior's code"
+
+
+def roundtrip_table() -> str:
+    """docs/results.md: the code's round trip through each SpaAE (benchmarks/speuae_roundtrip.py)."""
+    rows = []
+    for name, label in ROUNDTRIPS:
+        mean = _json(name)["mean"]
+        rows.append([label, f"{mean[TRUE_CODE]['psnr']:.2f}", f"{mean[TRUE_CODE]['sam']:.2f}",
+                     f"{mean[RESIDUAL]['psnr']:.2f}", f"{mean[RESIDUAL]['sam']:.2f}"])
+    return _rows(["SpaAE", "true code: PSNR (dB)", "SAM (°)", "3 x residual from the prior's code: PSNR (dB)", "SAM (°)"],
+                 rows)
+
+
+ARMS = {"a": "a: nothing pretrained", "b": "b: pretrained SpaAE", "c": "c: pretrained SpaAE + RGB-pretrained UNet"}
+
+
+def _arm_label(label: str) -> str:
+    arm, _, seed = label.partition(" seed ")
+    return f"{ARMS[arm]} (seed {seed})" if arm in ARMS else label
+
+
+def ablation_table() -> str:
+    """docs/results.md: every arm and the baseline on both splits' val scenes, per scene (pretraining_ablation.py)."""
+    data = _json("pretraining_ablation.json")
+    blocks = []
+    for split, result in data["splits"].items():
+        scenes = result["val_scenes"]
+        rows = [[_arm_label(label), f"{row['psnr']:.2f}", f"{row['sam']:.2f}", f"{row['mrae']:.4f}", f"{row['rmse']:.4f}",
+                 *(f"{result['per_scene'][label][s]['psnr']:.2f}" for s in scenes),
+                 f"{row['steps']} / {row['samples']:,} / {row['seconds'] / 60:.0f} min" if "steps" in row else "-"]
+                for label, row in result["rows"].items()]
+        header = ["model", "PSNR (dB)", "SAM (°)", "MRAE", "RMSE", *(f"{s.removesuffix('_ms')} (dB)" for s in scenes),
+                  "steps / samples / wall-clock"]
+        blocks.append(f"Split {split} ({result['train_scenes']} training scenes; {result['pipelines_scored']} "
+                      f"pipelines scored on its val scenes, once each):\n\n" + _rows(header, rows))
+        diffs = [[name, *(f"{diff[m]['mean']:+.{4 if m in ('mrae', 'rmse') else 2}f}" for m in ("psnr", "sam", "mrae", "rmse")),
+                  *(f"{diff['psnr']['per_scene'][s]:+.2f}" for s in scenes)]
+                 for name, diff in result["paired"].items()]
+        blocks.append(f"Paired differences on split {split}, same seed unless named (PSNR up is better; SAM, MRAE, "
+                      f"RMSE down):\n\n" + _rows(["difference", "PSNR (dB)", "SAM (°)", "MRAE", "RMSE",
+                                                  *(f"{s.removesuffix('_ms')} (dB)" for s in scenes)], diffs))
+    verdicts = [[name, ", ".join(f"{split} {value:+.2f}" for split, value in v["psnr_mean_difference"].items()),
+                 "-" if v["seed_spread_psnr"] is None else f"{v['seed_spread_psnr']:.2f}",
+                 "yes" if v["same_sign_on_every_split"] else "no", "yes" if v["counts"] else "no"]
+                for name, v in data["verdicts"].items()]
+    blocks.append("Verdicts (a difference counts if its sign holds on both splits and exceeds the largest seed spread "
+                  "measured):\n\n" + _rows(["comparison", "mean PSNR difference (dB)", "seed spread (dB)",
+                                             "same sign on both splits", "counts"], verdicts))
+    return "\n".join(blocks)
+
+
+def costs_table() -> str:
+    """docs/results.md: parameters, GFLOP and CPU seconds of arms a and c (compare_models.py --costs-only)."""
+    rows = []
+    for size in (256, 512):
+        for label, row in _json(f"ablation_costs_{size}.json")["rows"].items():
+            rows.append([f"{label} at {size} x {size}", f"{row['parameters']:,}", f"{row['gflops_per_step']:.2f}",
+                         f"{row['gflops_per_image']:.2f}", f"{row['seconds_per_image']:.2f}"])
+    return _rows(["model", "parameters", "GFLOP / step (UNet)", "GFLOP / image", "s / image (2 CPU threads)"], rows)
+
+
+def training_table() -> str:
+    """docs/results.md: the RGB pre-training run (benchmarks/training_summary.py)."""
+    data = _json("rgb_pretrain_cpu.json")
+    rows = [[str(v["step"]), f"{v['val/loss']:.4f}"] for v in data["validations"]]
+    head = (f"{data['steps']} steps, {data['samples']:,} crops, {data['seconds'] / 60:.1f} min of training on "
+            f"{data['device']}; training loss (mean of the first / last {data['window']} steps) "
+            f"{data['train_loss_first']:.4f} / {data['train_loss_last']:.4f}.\n\n")
+    return head + _rows(["step", "held-out loss (fixed noise and timesteps)"], rows)
+
+
+TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
+    "results": (REPO / "README.md", results_table),
+    "spaae-roundtrip": (REPO / "docs" / "results.md", roundtrip_table),
+    "ablation": (REPO / "docs" / "results.md", ablation_table),
+    "ablation-costs": (REPO / "docs" / "results.md", costs_table),
+    "rgb-pretrain": (REPO / "docs" / "results.md", training_table),
+}
+
+
+def block(name: str) -> re.Pattern:
+    return re.compile(rf"(<!-- table:{re.escape(name)}\b[^\n]*-->\n)(.*?)(<!-- /table:{re.escape(name)} -->)", re.S)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="only compare; exit 1 if a table differs from its JSON")
+    args = parser.parse_args(argv)
+    status = 0
+    for name, (document, make) in TABLES.items():
+        text = document.read_text()
+        match = block(name).search(text)
+        if match is None:
+            print(f"{document}: no <!-- table:{name} --> block", file=sys.stderr)
+            status = 1
+            continue
+        try:
+            expected = make()
+        except FileNotFoundError as exc:
+            print(f"table {name}: {exc.filename} is missing; left as it is", file=sys.stderr)
+            status = 1 if args.check else status
+            continue
+        if match[2] == expected:
+            continue
+        if args.check:
+            print(f"{document}: table {name} differs from its JSON; run benchmarks/docs_tables.py", file=sys.stderr)
+            status = 1
+        else:
+            document.write_text(text[:match.start(2)] + expected + text[match.end(2):])
+            print(f"wrote table {name} in {document}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
