@@ -572,3 +572,17 @@ def test_spaae_adaptation_of_a_tiny_autoencoder_keeps_rgb_latents_anchored(tmp_p
     adapt(config, resume_from="latest")
     for name, tensor in spaae.load_spaae(written).state_dict().items():
         torch.testing.assert_close(tensor, trained[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_training_summary_reads_a_runs_own_logs(tmp_path, load_benchmark):
+    (tmp_path / "logs").mkdir()
+    (tmp_path / "logs" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "train/loss": 1.0 / s, **({"val/loss": 0.5 / s} if s % 2 == 0 else {})}) + "\n"
+        for s in range(1, 5)))
+    (tmp_path / "logs" / "run_summary.json").write_text(json.dumps([
+        {"from_step": 0, "to_step": 2, "samples": 16, "seconds": 3.0, "device": "CPU, 2 threads"},
+        {"from_step": 2, "to_step": 4, "samples": 16, "seconds": 5.0, "device": "CPU, 2 threads"}]))
+    summary = load_benchmark("training_summary").summarise(tmp_path, window=2)
+    assert summary["steps"] == 4 and summary["samples"] == 32 and summary["seconds"] == 8.0
+    assert summary["train_loss_first"] == pytest.approx(0.75) and summary["train_loss_last"] == pytest.approx((1 / 3 + 1 / 4) / 2)
+    assert summary["validations"] == [{"step": 2, "val/loss": 0.25}, {"step": 4, "val/loss": 0.125}]

@@ -163,54 +163,76 @@ def report(reconstruct, scenes, camera, degradation, args: argparse.Namespace) -
 
 # ------------------------------------------------------------------------------------------- reconstruct
 def add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("reconstruct", help="RGB images -> 31-band cubes (HDF5), with previews")
+    parser = subparsers.add_parser(
+        "reconstruct", help="RGB images -> 31-band cubes (HDF5), with previews; sharded under accelerate launch",
+        description="Every image (or every image under a folder, recursively) gets one cube; outputs mirror the "
+                    "inputs' relative paths. Existing outputs are skipped, so a rerun resumes (--overwrite replaces "
+                    "them); a failing input is reported and the batch goes on (exit code 1 if any failed). Under "
+                    "`accelerate launch --num_processes N` each process takes every N-th image.")
     parser.add_argument("inputs", nargs="+", type=Path, help="images (PNG/JPEG/BMP/TIFF, 8 or 16 bit) or folders of them")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder: one <name>.h5 per image")
     add_model_arguments(parser)
     parser.add_argument("--input-space", choices=["srgb", "linear"], default="srgb",
                         help="how the image values are encoded (default: srgb, as ordinary photos are)")
     parser.add_argument("--preview", action="store_true", help="also write <name>_preview.png and <name>_spectra.png")
+    parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip them)")
+    parser.add_argument("--manifest", type=Path,
+                        help="where to record every image's output, status, seconds and RGB error (.json or .csv; "
+                             "default: <output>/manifest.json)")
     parser.set_defaults(handler=run_reconstruct)
-
-
-def expand_image_inputs(inputs: Sequence[Path]) -> list[Path]:
-    from .images import IMAGE_SUFFIXES
-
-    files: list[Path] = []
-    for item in inputs:
-        if item.is_dir():
-            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
-        elif item.exists():
-            files.append(item)
-        else:
-            raise FileNotFoundError(f"{item}: no such file or folder")
-    if not files:
-        raise ValueError(f"no images found in {[str(i) for i in inputs]} (looked for {IMAGE_SUFFIXES})")
-    return files
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    import numpy as np
+
+    from .batch import plan_jobs, run_jobs, shard, summary_line, write_manifest
+    from .distributed import gather_lists, process_state
     from .images import load_linear_rgb
     from .io import save_cube
     from .visualize import pick_pixels, plot_spectra, save_preview
 
+    jobs = plan_jobs(args.inputs, args.output)  # missing inputs fail here, before the model loads
+    state = process_state()
+    mine = shard(jobs, state.process_index, state.num_processes)
     model = model_from_args(args)
     wavelengths = model.camera.grid.as_array()
-    for path in tqdm(expand_image_inputs(args.inputs), desc="reconstruct"):
-        rgb = load_linear_rgb(path, args.input_space)
+
+    def reconstruct(job) -> dict:
+        rgb = load_linear_rgb(job.source, args.input_space)
         cube, uncertainty = model.predict(rgb) if hasattr(model, "predict") else (model(rgb), None)
-        target = args.output / f"{path.stem}.h5"
-        provenance = {"source": str(path), "input_space": args.input_space, "checkpoint": str(args.checkpoint or "default"),
-                      "steps": args.steps, "ensemble": args.ensemble, "seed": args.seed}
-        save_cube(target, cube, wavelengths, camera=model.camera, attrs=provenance, uncertainty=uncertainty)
+        provenance = {"source": str(job.source), "input_space": args.input_space,
+                      "checkpoint": str(args.checkpoint or "default"), "steps": args.steps, "ensemble": args.ensemble,
+                      "seed": args.seed}
         if args.preview:
-            save_preview(args.output / f"{path.stem}_preview.png", cube, wavelengths)
-            plot_spectra(args.output / f"{path.stem}_spectra.png", cube, wavelengths, pick_pixels(rgb),
-                         uncertainty=uncertainty)
-        tqdm.write(f"{path} -> {target}")
-    return 0
+            stem = job.output.with_suffix("")
+            save_preview(f"{stem}_preview.png", cube, wavelengths)
+            plot_spectra(f"{stem}_spectra.png", cube, wavelengths, pick_pixels(rgb), uncertainty=uncertainty)
+        save_cube(job.output, cube, wavelengths, camera=model.camera, attrs=provenance, uncertainty=uncertainty,
+                  overwrite=args.overwrite)
+        return {"rgb_error": float(np.abs(model.camera.render(cube.astype(np.float64)) - rgb).max())}
+
+    bar = tqdm(total=len(mine), desc=f"reconstruct ({len(jobs)} images, {state.num_processes} processes)",
+               disable=not state.is_main_process)
+
+    def report(result) -> None:
+        bar.update(1)
+        if result.status != "done":
+            tqdm.write(f"{result.input}: {result.status}: {result.reason}")
+
+    results = gather_lists(run_jobs(mine, reconstruct, overwrite=args.overwrite, progress=report))
+    bar.close()
+    order = {str(job.output): index for index, job in enumerate(jobs)}
+    results.sort(key=lambda result: order[result.output])  # the manifest in input order, however it was sharded
+    if not state.is_main_process:
+        return 0
+    manifest = write_manifest(args.manifest or args.output / "manifest.json", results)
+    failed = [r for r in results if r.status == "failed"]
+    print(f"{summary_line(results)} ({len(jobs)} images); manifest {manifest}")
+    for result in failed:
+        print(f"failed: {result.input}: {result.reason}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------------------------- relight

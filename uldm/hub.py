@@ -186,8 +186,11 @@ def _push_error(exc: BaseException, folder: Path, repo_id: str, revision: Option
 
 # ----------------------------------------------------------------------------------------------- pulling
 def _looks_like_path(name: str) -> bool:
-    """Names a repo id cannot have: absolute, relative with ./ or ~, Windows separators, or deeper than a/b."""
-    return os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
+    """Names a repo id cannot have (absolute, relative with ./ or ~, Windows separators, deeper than a/b, a trailing
+    slash), or a repo-id-shaped name whose first part is a local folder (`runs/uldm-cave` beside a `runs/`): a
+    mistyped local path must be an error, not a download."""
+    return (os.path.isabs(name) or name.startswith((".", "~")) or "\\" in name or name.count("/") > 1
+            or name.endswith("/") or ("/" in name and Path(name.split("/", 1)[0]).is_dir()))
 
 
 def _local_folder(name_or_path: PathLike) -> Optional[Path]:

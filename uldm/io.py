@@ -37,11 +37,13 @@ class CubeFileError(ValueError):
 
 # ------------------------------------------------------------------------------------------ atomic writes
 @contextlib.contextmanager
-def atomic_write(path: PathLike) -> Iterator[Path]:
-    """Yield a temporary path (not yet created) next to `path`; on success it replaces `path`, on error it is removed.
+def atomic_write(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary path (not yet created) next to `path`; on success it becomes `path`, on error it is removed.
 
     The temporary name keeps the suffix of `path` (writers that pick a format by extension still work) and
-    starts with a dot. Parent folders are created. The data are flushed to disk before the rename.
+    starts with a dot. Parent folders are created. The data are flushed to disk before the rename. With
+    `overwrite=False` the file is linked into place only if `path` does not exist, even when another process
+    writes it meanwhile (FileExistsError then, and that other file stays).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -52,7 +54,11 @@ def atomic_write(path: PathLike) -> Iterator[Path]:
             raise FileNotFoundError(f"nothing was written to the temporary file for {path}")
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        if overwrite:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # atomic, and refuses an existing file
+            tmp.unlink()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -166,8 +172,11 @@ def save_cube(
     camera: Any = None,
     attrs: Optional[Mapping[str, Any]] = None,
     uncertainty: Any = None,
+    overwrite: bool = True,
 ) -> Path:
-    """Write an H x W x B cube (as float32) atomically; the format follows the suffix.
+    """Write an H x W x B cube (as float32) atomically; the format follows the suffix. With `overwrite=False` an
+    existing file is never replaced (FileExistsError). A full disk or an unwritable folder is a CubeFileError
+    naming the file, and leaves nothing behind.
 
     `uncertainty` (same shape: per-pixel, per-band spread of an ensemble) is stored beside the cube in .h5/.npz.
 
@@ -184,23 +193,32 @@ def save_cube(
         extra["uncertainty"], _ = _validated_cube(uncertainty, wavelengths)
         if extra["uncertainty"].shape != cube.shape:
             raise CubeFileError(f"uncertainty shape {extra['uncertainty'].shape} differs from the cube's {cube.shape}")
-    with atomic_write(path) as tmp:
-        if suffix in HDF5_SUFFIXES:
-            _write_hdf5(tmp, cube, wl, _provenance(camera, attrs), extra)
-        elif suffix == ".npz":
-            with open(tmp, "wb") as handle:
-                np.savez(handle, cube=cube, wavelengths=wl, **extra)
-        else:
-            with open(tmp, "wb") as handle:
-                np.save(handle, cube)
+    try:
+        with atomic_write(path, overwrite=overwrite) as tmp:
+            if suffix in HDF5_SUFFIXES:
+                image = _hdf5_image(cube, wl, _provenance(camera, attrs), extra)
+                with open(tmp, "wb") as handle:
+                    handle.write(image)
+            elif suffix == ".npz":
+                with open(tmp, "wb") as handle:
+                    np.savez(handle, cube=cube, wavelengths=wl, **extra)
+            else:
+                with open(tmp, "wb") as handle:
+                    np.save(handle, cube)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise CubeFileError(f"{path}: cannot write the cube ({exc.strerror or exc})") from exc
     return path
 
 
-def _write_hdf5(path: Path, cube: np.ndarray, wavelengths: np.ndarray, attrs: dict[str, Any],
-                extra: Mapping[str, np.ndarray]) -> None:
+def _hdf5_image(cube: np.ndarray, wavelengths: np.ndarray, attrs: dict[str, Any],
+                extra: Mapping[str, np.ndarray]) -> bytes:
+    """The bytes of the HDF5 file, built in memory: the library never writes to disk itself, so a full disk is an
+    ordinary Python OSError on the write that follows (libhdf5 could crash the process on it)."""
     import h5py
 
-    with h5py.File(path, "w") as f:
+    with h5py.File(f"cube-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False) as f:
         f.create_dataset("cube", data=cube, compression="gzip", compression_opts=4, shuffle=True)
         f.create_dataset("wavelengths", data=wavelengths)
         for name, data in extra.items():
@@ -210,6 +228,8 @@ def _write_hdf5(path: Path, cube: np.ndarray, wavelengths: np.ndarray, attrs: di
                 f.attrs[key] = value
             except (TypeError, ValueError) as exc:
                 raise CubeFileError(f"attribute {key!r}: HDF5 cannot store {value!r} ({exc})") from exc
+        f.flush()
+        return f.id.get_file_image()
 
 
 # ----------------------------------------------------------------------------------------------- loading
