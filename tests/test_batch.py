@@ -197,3 +197,15 @@ def test_a_local_looking_path_that_does_not_exist_is_never_a_hub_download(tmp_pa
     for spec in ("runs/uldm-cave", "./uldm-cave", "runs/uldm-cave/pipeline", "checkpoints-x/"):
         with pytest.raises(FileNotFoundError, match="no such folder"):
             resolve_pretrained(spec)
+
+
+def test_evaluate_scores_the_readable_scenes_and_lists_the_failures(tiny_cave_root, tmp_path, capsys):
+    broken = tiny_cave_root / "cd_ms" / "cd_ms" / "cd_ms_07.png"
+    broken.write_bytes(b"truncated")
+    report = tmp_path / "report.json"
+    assert main(["evaluate", "--data", str(tiny_cave_root), "--split", "all", "--checkpoint", str(BASELINE),
+                 "--json", str(report)]) == 1
+    data = json.loads(report.read_text())
+    assert sorted(data["per_scene"]) == ["balloons_ms", "watercolors_ms"] and data["settings"]["scenes"] == 2
+    assert list(data["failures"]) == [str(tiny_cave_root / "cd_ms")] and "cd_ms_07.png" in data["failures"][str(tiny_cave_root / "cd_ms")]
+    assert "failed: " in capsys.readouterr().err

@@ -153,12 +153,15 @@ def report(reconstruct, scenes, camera, degradation, args: argparse.Namespace) -
     from .evaluation import evaluate
 
     result = evaluate(reconstruct, scenes, camera, format=args.format, degradation=degradation,
-                      crop=args.crop, save_dir=args.save_dir)
-    print(result.table())
+                      crop=args.crop, save_dir=args.save_dir, keep_going=True)
+    if result.per_scene:
+        print(result.table())
     if args.json is not None:
         result.save_json(args.json)
         print(f"wrote {args.json}")
-    return 0
+    for scene, reason in result.failures.items():  # the others were scored: the JSON lists these too
+        print(f"failed: {scene}: {reason}", file=sys.stderr)
+    return 1 if result.failures else 0
 
 
 # ------------------------------------------------------------------------------------------- reconstruct

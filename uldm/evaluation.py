@@ -23,10 +23,12 @@ ROW_KEYS = ("mrae", "rmse", "psnr", "sam", "rgb_error")  # the accuracy columns 
 
 @dataclass
 class EvaluationResult:
-    """Per-scene metrics (MRAE, RMSE, PSNR, SAM, seconds, RGB re-projection error) and their mean."""
+    """Per-scene metrics (MRAE, RMSE, PSNR, SAM, seconds, RGB re-projection error) and their mean over the scenes
+    that were scored; `failures` names the scenes that could not be (with why)."""
 
     per_scene: dict[str, dict[str, float]]
     settings: dict = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
 
     @property
     def mean(self) -> dict[str, float]:
@@ -49,7 +51,9 @@ class EvaluationResult:
         return format_table(self.per_scene)
 
     def to_dict(self) -> dict:
-        return {"settings": self.settings, "per_scene": self.per_scene, "mean": self.mean}
+        scored = {"settings": self.settings, "per_scene": self.per_scene,
+                  "mean": self.mean if self.per_scene else {}}
+        return {**scored, "failures": self.failures} if self.failures else scored
 
     def save_json(self, path: Union[str, Path]) -> Path:
         from .io import save_json
@@ -68,27 +72,42 @@ def evaluate(
     seed: int = 0,
     save_dir: Optional[Union[str, Path]] = None,
     progress: bool = True,
+    keep_going: bool = False,
 ) -> EvaluationResult:
-    """Score `reconstruct` on ground-truth scenes whose RGB is rendered with `camera` (then degraded)."""
+    """Score `reconstruct` on ground-truth scenes whose RGB is rendered with `camera` (then degraded). With
+    `keep_going`, a scene that cannot be read or reconstructed is recorded in `failures` and the others are scored."""
+    per_scene: dict[str, dict[str, float]] = {}
+    failures: dict[str, str] = {}
+    for index, path in enumerate(tqdm(scenes, desc="evaluate", disable=not progress)):
+        try:
+            per_scene.update(_score_scene(reconstruct, path, index, camera, format, degradation, crop, seed, save_dir))
+        except Exception as exc:  # with keep_going, one unreadable scene does not cost the others
+            if not keep_going:
+                raise
+            failures[str(path)] = f"{type(exc).__name__}: {exc}"
+    settings = {"camera": camera.name, "crop": crop, "degradation": (degradation or Degradation()).to_config(),
+                "scenes": len(per_scene)}
+    return EvaluationResult(per_scene=per_scene, settings=settings, failures=failures)
+
+
+def _score_scene(reconstruct: Reconstruct, path, index: int, camera: CameraResponse, format: Optional[str],
+                 degradation: Optional[Degradation], crop: int, seed: int,
+                 save_dir: Optional[Union[str, Path]]) -> dict[str, dict[str, float]]:
+    """{scene name: its metrics}, the reconstruction saved if asked."""
     from .data import read_scene
     from .io import save_cube
     from .metrics import evaluate_cube
 
-    per_scene: dict[str, dict[str, float]] = {}
-    for index, path in enumerate(tqdm(scenes, desc="evaluate", disable=not progress)):
-        scene = read_scene(path, format=format, grid=camera.grid)
-        clean_rgb = camera.render(scene.cube)
-        rgb = clean_rgb if degradation is None or degradation.is_identity else degradation(clean_rgb, seed=seed + index)
-        start = time.perf_counter()
-        prediction = np.asarray(reconstruct(rgb), dtype=np.float32)
-        seconds = time.perf_counter() - start
-        row = evaluate_cube(prediction, scene.cube, crop=crop)
-        row["seconds"] = seconds
-        row["rgb_error"] = float(np.abs(camera.render(prediction.astype(np.float64)) - rgb).max())
-        per_scene[scene.name] = row
-        if save_dir is not None:
-            save_cube(Path(save_dir) / f"{scene.name}.h5", prediction, camera.grid.as_array(), camera=camera,
-                      attrs={"source": str(path)})
-    settings = {"camera": camera.name, "crop": crop, "degradation": (degradation or Degradation()).to_config(),
-                "scenes": len(per_scene)}
-    return EvaluationResult(per_scene=per_scene, settings=settings)
+    scene = read_scene(path, format=format, grid=camera.grid)
+    clean_rgb = camera.render(scene.cube)
+    rgb = clean_rgb if degradation is None or degradation.is_identity else degradation(clean_rgb, seed=seed + index)
+    start = time.perf_counter()
+    prediction = np.asarray(reconstruct(rgb), dtype=np.float32)
+    seconds = time.perf_counter() - start
+    row = evaluate_cube(prediction, scene.cube, crop=crop)
+    row["seconds"] = seconds
+    row["rgb_error"] = float(np.abs(camera.render(prediction.astype(np.float64)) - rgb).max())
+    if save_dir is not None:
+        save_cube(Path(save_dir) / f"{scene.name}.h5", prediction, camera.grid.as_array(), camera=camera,
+                  attrs={"source": str(path)})
+    return {scene.name: row}
