@@ -228,3 +228,18 @@ def test_model_ensemble_scores_the_mean_of_memoised_answers(load_benchmark, tiny
     with pytest.raises(SystemExit):
         bench.main([paths[0], str(other), "--data", str(tiny_cave_root)])  # answers for different cameras
     assert "different cameras" in capsys.readouterr().err
+
+
+def test_a_fit_on_too_few_or_too_alike_pixels_warns():
+    from uldm.baseline import fit_root_polynomial
+
+    rgb = np.random.default_rng(0).random((4, 3))  # degree 2 has 7 features (with the constant)
+    with pytest.warns(UserWarning, match="underdetermined"):
+        fit_root_polynomial(rgb, np.ones((4, 31)))
+    with pytest.warns(UserWarning, match="underdetermined"):
+        fit_root_polynomial(np.tile(rgb[:1], (100, 1)), np.ones((100, 31)))  # 100 copies of one colour
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fit_root_polynomial(np.random.default_rng(1).random((100, 3)), np.ones((100, 31)))

@@ -87,3 +87,20 @@ def test_srgb_curve_round_trip_and_input_space(rgb):
     np.testing.assert_allclose(load_linear_rgb(rgb, "srgb"), srgb_to_linear(rgb))
     with pytest.raises(ValueError, match="input_space"):
         load_linear_rgb(rgb, "adobe")
+
+
+def test_pil_images_in_other_colour_modes_are_converted_to_rgb_or_refused():
+    from PIL import Image
+
+    from uldm.images import ImageError, to_rgb_array
+
+    white_cmyk = Image.new("CMYK", (4, 3), (0, 0, 0, 0))
+    np.testing.assert_allclose(to_rgb_array(white_cmyk), 1.0)  # white, not the black its raw channels would give
+    palette = Image.new("RGB", (4, 3), (255, 0, 0)).convert("P")
+    np.testing.assert_allclose(to_rgb_array(palette)[0, 0], [1.0, 0.0, 0.0])
+    ycbcr = Image.new("RGB", (4, 3), (0, 0, 255)).convert("YCbCr")
+    np.testing.assert_allclose(to_rgb_array(ycbcr)[0, 0], [0.0, 0.0, 1.0], atol=0.02)
+    with pytest.raises(ImageError, match="greyscale image \\(mode LA\\)"):
+        to_rgb_array(Image.new("LA", (4, 3)))
+    with pytest.raises(ImageError, match="the image is empty"):
+        to_rgb_array(np.zeros((0, 0, 3), dtype=np.float32))

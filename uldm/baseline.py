@@ -79,6 +79,12 @@ def fit_root_polynomial(rgb: np.ndarray, targets: np.ndarray, degree: int = 2) -
     """Least-squares weights (F x C) from the features of `rgb` (P x 3) to `targets` (P x C): the baseline's fit,
     also the start of R2H-Diff's regression skip (whose targets live in the network's space)."""
     features = root_polynomial_features(np.asarray(rgb).reshape(-1, 3), degree)
+    if np.linalg.matrix_rank(features) < features.shape[1]:
+        import warnings
+
+        warnings.warn(f"the root-polynomial fit of degree {degree} has {features.shape[1]} features but its "
+                      f"{len(features)} pixels determine only {np.linalg.matrix_rank(features)} of them: the weights "
+                      "are underdetermined (fit on more, and more varied, pixels)", stacklevel=2)
     weights, *_ = np.linalg.lstsq(features, np.asarray(targets, dtype=np.float64).reshape(len(features), -1), rcond=None)
     return weights
 

@@ -87,15 +87,21 @@ def to_rgb_array(image: Union[np.ndarray, torch.Tensor, Image.Image, str, Path],
         where = str(image)
         image = read_image_file(image)
     elif isinstance(image, Image.Image):
-        if image.mode in ("I;16", "I;16B", "I", "F", "L", "LA", "1"):
+        if image.mode in ("I;16", "I;16B", "I", "F", "L", "LA", "La", "1"):
             raise ImageError(f"{where}: a greyscale image (mode {image.mode}) has no colour to reconstruct spectra from")
-        image = np.asarray(image.convert("RGBA") if image.mode in ("P", "PA") else image)
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA")
+        elif image.mode not in ("RGB", "RGBA", "RGBa", "RGBX"):  # CMYK, YCbCr, LAB, HSV: their channels are not RGB
+            image = image.convert("RGB")
+        image = np.asarray(image)
     elif isinstance(image, torch.Tensor):
         tensor = image.detach().cpu()
         if tensor.ndim == 3 and tensor.shape[0] in (3, 4) and tensor.shape[-1] not in (3, 4):
             tensor = tensor.permute(1, 2, 0)
         image = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
     array = np.asarray(image)
+    if array.size == 0:
+        raise ImageError(f"{where}: the image is empty (shape {array.shape})")
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
         array = np.moveaxis(array, 0, -1)
     if array.ndim == 2 or (array.ndim == 3 and array.shape[-1] in (1, 2)):
