@@ -56,7 +56,9 @@ ROUNDTRIPS = (("spaae_roundtrip_base_kl.json", "AutoencoderKL trained from rando
               ("spaae_roundtrip_taesd.json", "TAESD (4 channels at 1/8), as pretrained"),
               ("spaae_roundtrip_taesd_adapted.json", "TAESD, adapted (300 steps)"),
               ("spaae_roundtrip_taesd3.json", "TAESD3 (16 channels at 1/8), as pretrained"),
-              ("spaae_roundtrip_taesd3_adapted.json", "TAESD3, adapted (300 steps)"))
+              ("spaae_roundtrip_taesd3_adapted.json", "TAESD3, adapted (300 steps)"),
+              ("spaae_roundtrip_taesd_train.json", "TAESD, as pretrained, on the 21 training scenes"),
+              ("spaae_roundtrip_taesd3_train.json", "TAESD3, as pretrained, on the 21 training scenes"))
 TRUE_CODE = "SpeUAE + SpaAE (VAE round trip)"
 RESIDUAL = "SpeUAE + SpaAE carrying 3 x the residual from the prior's code"
 

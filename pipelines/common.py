@@ -81,12 +81,13 @@ def load_rgb_batch(image: ImageInput, input_space: str, generator: GeneratorInpu
 
 
 def resize_longer_side(rgb: torch.Tensor, resolution: int) -> torch.Tensor:
-    """RGB (N x 3 x H x W) with its longer side resized to `resolution` (0, or already that size: unchanged).
+    """RGB (N x 3 x H x W) shrunk so that its longer side is `resolution`; smaller images (and 0) unchanged.
 
-    Antialiased when shrinking, so the model sees the colours a smaller camera would have recorded.
+    Never enlarged: upsampling adds no information, and the models learnt from images at their native scale.
+    Antialiased, so the model sees the colours a smaller camera would have recorded.
     """
     height, width = rgb.shape[-2:]
-    if not resolution or max(height, width) == resolution:
+    if not resolution or max(height, width) <= resolution:
         return rgb
     scale = resolution / max(height, width)
     size = (max(1, round(height * scale)), max(1, round(width * scale)))

@@ -170,8 +170,8 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
             ensemble_size: samples per image from different noise; the answer is their mean and `uncertainty`
                 their per-pixel, per-band standard deviation (default: config).
             processing_resolution: 0 (default): the network runs at the input's native size, as R2H-Diff is
-                meant to (its attention is linear in the pixel count). Otherwise the RGB's longer side is resized
-                to this, as in the ULDM pipeline; the spectra are upsampled bilinearly to the input size, and with
+                meant to (its attention is linear in the pixel count). Otherwise the RGB's longer side is shrunk
+                to at most this, as in the ULDM pipeline; the spectra are upsampled bilinearly to the input size, and with
                 `rgb_consistent=True` their observable part then comes from the full-resolution RGB.
             match_input_resolution: return spectra at the input size (True) or at the processing size.
             batch_size: ensemble members denoised together (memory vs speed; results do not depend on it).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Optional, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, UNet2DConditionModel
@@ -40,6 +41,9 @@ from .common import (
     resize_to,
     rgb_error_per_image,
 )
+
+
+TILE_PIXELS = 1 << 18  # pixels per band of the full-resolution tail (SpeUAE decode, composition): ~50 MB of work
 
 
 class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
@@ -146,8 +150,9 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
             num_inference_steps: denoising steps (default: config `default_denoising_steps`); 1 works.
             ensemble_size: samples per image from different noise; the answer is their mean and
                 `uncertainty` their per-pixel, per-band standard deviation (default: config).
-            processing_resolution: run the UNet and VAE with the longer side resized to this (0: native size);
-                memory and time then scale with processing_resolution², not the input size. The code image
+            processing_resolution: run the UNet and VAE with the longer side shrunk to at most this (0: native
+                size; smaller images are never enlarged); their memory and time then stay bounded whatever the input
+                size, and the rest works band by band at full size (`compose_spectra`). The code image
                 is upsampled and decoded with the full-resolution RGB, so the observable part stays exact.
             match_input_resolution: return spectra at the input size (True) or at the processing size.
             batch_size: latents denoised together (memory vs speed; results do not depend on it).
@@ -196,26 +201,59 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
             results.append(self.decode_latents(sample))
         codes = torch.cat(results)[..., :proc_h, :proc_w].float()
 
-        # 6. VAE images to the output size, the prior's code added there (if any); spectra from code + RGB
-        if match_input_resolution:
-            codes = resize_to(codes, (height, width))
-            rgb_out = rgb_full
-        else:
-            rgb_out = rgb
-        codes = self.add_prior(codes, rgb_out).float()
-        rgb_members = rgb_out.repeat_interleave(ensemble, dim=0)
-        speuae_dtype = self.speuae.linear_decoder.weight.dtype
-        u = self.speuae.decode_unobservable(codes.to(speuae_dtype), rgb_members.to(speuae_dtype)).float()
-        spectra = self.speuae.split.compose(rgb_members, u, dim=1)  # float32: exact RGB consistency
+        # 6. VAE images to the output size; spectra there, band by band of rows (bounded memory at any size)
+        rgb_out = rgb_full if match_input_resolution else rgb
+        codes = resize_to(codes, tuple(rgb_out.shape[-2:]))
+        spectra, uncertainty, codes, rgb_error = self.compose_spectra(codes, rgb_out, ensemble, clamp,
+                                                                      channels_last=output_type == "np")
 
-        # 7. Ensemble: mean as the answer, spread as the uncertainty
-        spectra, uncertainty = ensemble_statistics(spectra, num_images, ensemble)
-        codes, _ = ensemble_statistics(codes, num_images, ensemble)
-        if clamp:
-            spectra = spectra.clamp(0, 1)
-        rgb_error = rgb_error_per_image(self.speuae.split, spectra, rgb_out)
-
-        # 8. Outputs
+        # 7. Outputs
         self.maybe_free_model_hooks()
         return make_output(spectra, uncertainty, codes, self.speuae.config.wavelengths, rgb_error, output_type,
                            return_dict)
+
+    def compose_spectra(self, codes: torch.Tensor, rgb: torch.Tensor, ensemble: int, clamp: bool = False,
+                        channels_last: bool = False, tile_pixels: int = TILE_PIXELS):
+        """(mean spectra, their spread, mean code, RGB error per image) from the VAE images of every ensemble member
+        (N·E x 3 x H x W, at the RGB's size) and the linear RGB (N x 3 x H x W).
+
+        A band of rows at a time: the prior's code is added (if any), SpeUAE decodes the unobservable part, the
+        observable part is composed exactly in float32 (Φŝ = c), and the members are reduced to their mean and
+        spread, written straight into the outputs (N x B x H x W views of arrays laid out channels-last when
+        `channels_last`, as the "np" output wants them, so nothing is copied after). Bands hold about
+        `tile_pixels` pixels, plus the rows a small-context SpeUAE sees around them, aligned to its Jacobian
+        blocks, so the result is the one the whole image would give.
+        """
+        num_images, _, height, width = rgb.shape
+        bands = self.speuae.num_bands
+        layout = (num_images, height, width, bands) if channels_last else (num_images, bands, height, width)
+        to_view = (lambda x: x.permute(0, 3, 1, 2)) if channels_last else (lambda x: x)
+        spectra = to_view(torch.empty(layout))
+        # one member has no spread: zeros that take no memory until read (np.zeros maps pages lazily)
+        spread = to_view(torch.from_numpy(np.zeros(layout, np.float32)) if ensemble == 1 else torch.empty(layout))
+        mean_codes = torch.empty(num_images, codes.shape[1], height, width)
+        rgb_error = torch.zeros(num_images)
+        align = self.speuae.config.refine_block if self.speuae.config.refine_steps else 1
+        # rows of neighbours a small-context SpeUAE sees: decoding, and encoding the prior's spectra before it
+        reach = self.speuae.config.context // 2 * (1 if self.code_prior is None else 2)
+        halo = -(-reach // align) * align
+        rows = max(align, tile_pixels // max(width, 1) // align * align)
+        dtype = self.speuae.linear_decoder.weight.dtype
+        for top in range(0, height, rows):
+            start, stop = max(0, top - halo), min(height, top + rows + halo)
+            inner = slice(top - start, top - start + min(rows, height - top))
+            band_rgb = rgb[..., start:stop, :].float()
+            code = self.add_prior(codes[..., start:stop, :].float(), band_rgb).float()
+            members = band_rgb.repeat_interleave(ensemble, dim=0)
+            u = self.speuae.decode_unobservable(code.to(dtype), members.to(dtype)).float()
+            members_spectra = self.speuae.split.compose(members, u, dim=1)[..., inner, :]  # float32: exact in RGB
+            mean, std = ensemble_statistics(members_spectra, num_images, ensemble)
+            if clamp:
+                mean = mean.clamp(0, 1)
+            rows_out = slice(top, top + mean.shape[-2])
+            spectra[..., rows_out, :] = mean
+            if ensemble > 1:
+                spread[..., rows_out, :] = std
+            mean_codes[..., rows_out, :] = ensemble_statistics(code[..., inner, :], num_images, ensemble)[0]
+            rgb_error = torch.maximum(rgb_error, rgb_error_per_image(self.speuae.split, mean, band_rgb[..., inner, :]))
+        return spectra, spread, mean_codes, rgb_error

@@ -112,3 +112,27 @@ def test_pipeline_with_a_prior_saves_and_loads_and_old_folders_load_without_one(
 
     with pytest.raises(ValueError, match="code_residual_scale"):
         with_prior(tiny_pipeline, regression, scale=0.0)
+
+
+@pytest.mark.parametrize("speuae_kwargs", [{"refine_steps": 1, "refine_block": 2}, {"context": 3}],
+                         ids=["gauss-newton-blocks", "context-3"])
+def test_the_full_resolution_tail_in_bands_equals_the_whole_image(tiny_pipeline, regression, rgb, speuae_kwargs):
+    """compose_spectra works band by band of rows (bounded memory); the answer is the whole image's, also for a
+    SpeUAE that sees neighbours or shares Jacobians across blocks, and for ensembles and both output layouts."""
+    from uldm.models import SpeUAE
+
+    torch.manual_seed(0)
+    speuae = SpeUAE(encoder_channels=16, decoder_channels=16, num_layers=2, **speuae_kwargs).eval()
+    with torch.no_grad():  # the residual MLPs start at zero: give them weights, so neighbours and blocks matter
+        for parameter in speuae.parameters():
+            parameter.normal_(0, 0.3)
+    pipe = with_prior(tiny_pipeline, regression, 3.0)
+    pipe.register_modules(speuae=speuae)
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].repeat(2, 1, 1, 1)  # 2 images, 24 x 20
+    codes = torch.rand(6, 3, 24, 20) * 2 - 1  # 3 members each
+    for channels_last in (False, True):
+        whole = pipe.compose_spectra(codes, image, 3, channels_last=channels_last, tile_pixels=10**9)
+        banded = pipe.compose_spectra(codes, image, 3, channels_last=channels_last, tile_pixels=60)  # 3-row bands
+        for a, b in zip(whole, banded):
+            torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    assert whole[3].max() < 1e-5  # the composition stays exact in RGB

@@ -206,3 +206,13 @@ def test_inference_speed_benchmark_runs_a_saved_pipeline(tiny_pipeline, tmp_path
                  "--batch-size", "1", "2"])
     rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("fp32")]
     assert [row[2] for row in rows] == ["1", "2"] and all(float(row[3]) > 0 for row in rows)  # batch, images/s
+
+
+def test_processing_resolution_shrinks_large_images_and_never_enlarges_small_ones(tiny_pipeline, rgb):
+    from uldm.pipelines.common import resize_longer_side
+
+    image = torch.rand(1, 3, 30, 40)
+    assert resize_longer_side(image, 20).shape[-2:] == (15, 20)
+    assert resize_longer_side(image, 64) is image and resize_longer_side(image, 0) is image
+    native, capped = run(tiny_pipeline, rgb), run(tiny_pipeline, rgb, processing_resolution=4 * max(rgb.shape[:2]))
+    np.testing.assert_array_equal(native.spectra, capped.spectra)

@@ -12,12 +12,15 @@ differentiate through the very features of this baseline.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import TYPE_CHECKING, Optional, Sequence, Union
 
 import numpy as np
 
 from .camera import CameraResponse
 from .degradation import Degradation
+
+if TYPE_CHECKING:
+    import torch
 
 # exponents (a, b, c) of r^a g^b b^c, by degree k (the term is the monomial's k-th root), in colour-science's order
 ROOT_POLYNOMIAL_EXPONENTS = {
@@ -147,7 +150,12 @@ class RootPolynomialRegression:
         """H x W x 3 linear RGB -> H x W x B float32 spectra."""
         if rgb.shape[-1] != 3:
             raise ValueError(f"expected ... x 3 RGB, got shape {rgb.shape}")
-        return (root_polynomial_features(rgb, self.degree) @ self.weights).astype(np.float32)
+        out = np.empty((*rgb.shape[:-1], self.weights.shape[1]), dtype=np.float32)
+        flat_in, flat_out = rgb.reshape(-1, 3), out.reshape(-1, self.weights.shape[1])
+        for start in range(0, len(flat_in), 1 << 18):  # in bands: float64 features of a whole photo are GBs
+            part = slice(start, start + (1 << 18))
+            flat_out[part] = root_polynomial_features(flat_in[part], self.degree) @ self.weights
+        return out
 
     def save(self, path: Union[str, Path]) -> Path:
         """Weights and camera in one .npz, written atomically."""

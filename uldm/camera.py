@@ -180,6 +180,15 @@ class CameraResponse:
         rgb = np.moveaxis(spectra, channel_axis, -1) @ self.matrix.T.astype(out_dtype)
         return np.moveaxis(rgb, -1, channel_axis)
 
+    def render_error(self, spectra: np.ndarray, rgb: np.ndarray, rows: int = 256) -> float:
+        """max |Φŝ − c| of H x W x B spectra against H x W x 3 linear RGB, in float64, `rows` rows at a time (a
+        12-megapixel cube in float64 at once would take 3 GB)."""
+        worst = 0.0
+        for top in range(0, len(spectra), rows):
+            band = np.asarray(spectra[top:top + rows], dtype=np.float64)
+            worst = max(worst, float(np.abs(self.render(band) - rgb[top:top + rows]).max(initial=0.0)))
+        return worst
+
     def __repr__(self) -> str:
         return f"CameraResponse({self.name!r}, {self.grid})"
 

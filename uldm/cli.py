@@ -153,7 +153,7 @@ def report(reconstruct, scenes, camera, degradation, args: argparse.Namespace) -
     from .evaluation import evaluate
 
     result = evaluate(reconstruct, scenes, camera, format=args.format, degradation=degradation,
-                      crop=args.crop, save_dir=args.save_dir, keep_going=True)
+                      crop=args.crop, save_dir=args.save_dir, keep_going=len(scenes) > 1)  # one scene: its error
     if result.per_scene:
         print(result.table())
     if args.json is not None:
@@ -188,8 +188,6 @@ def add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
 def run_reconstruct(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
-    import numpy as np
-
     from .batch import plan_jobs, run_jobs, shard, summary_line, write_manifest
     from .distributed import gather_lists, process_state
     from .images import load_linear_rgb
@@ -214,7 +212,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
             plot_spectra(f"{stem}_spectra.png", cube, wavelengths, pick_pixels(rgb), uncertainty=uncertainty)
         save_cube(job.output, cube, wavelengths, camera=model.camera, attrs=provenance, uncertainty=uncertainty,
                   overwrite=args.overwrite)
-        return {"rgb_error": float(np.abs(model.camera.render(cube.astype(np.float64)) - rgb).max())}
+        return {"rgb_error": model.camera.render_error(cube, rgb)}
 
     bar = tqdm(total=len(mine), desc=f"reconstruct ({len(jobs)} images, {state.num_processes} processes)",
                disable=not state.is_main_process)

@@ -106,7 +106,7 @@ def _score_scene(reconstruct: Reconstruct, path, index: int, camera: CameraRespo
     seconds = time.perf_counter() - start
     row = evaluate_cube(prediction, scene.cube, crop=crop)
     row["seconds"] = seconds
-    row["rgb_error"] = float(np.abs(camera.render(prediction.astype(np.float64)) - rgb).max())
+    row["rgb_error"] = camera.render_error(prediction, rgb)
     if save_dir is not None:
         save_cube(Path(save_dir) / f"{scene.name}.h5", prediction, camera.grid.as_array(), camera=camera,
                   attrs={"source": str(path)})
