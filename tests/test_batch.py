@@ -209,3 +209,14 @@ def test_evaluate_scores_the_readable_scenes_and_lists_the_failures(tiny_cave_ro
     assert sorted(data["per_scene"]) == ["balloons_ms", "watercolors_ms"] and data["settings"]["scenes"] == 2
     assert list(data["failures"]) == [str(tiny_cave_root / "cd_ms")] and "cd_ms_07.png" in data["failures"][str(tiny_cave_root / "cd_ms")]
     assert "failed: " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("output_format,files", [("mat", ["scene.mat"]), ("envi", ["scene.hdr", "scene.img"])])
+def test_the_command_writes_researchers_formats(tmp_path, output_format, files):
+    image = Image.fromarray((np.random.default_rng(0).random((8, 12, 3)) * 255).astype(np.uint8))
+    image.save(tmp_path / "scene.png")
+    assert main(["reconstruct", str(tmp_path / "scene.png"), "-o", str(tmp_path / "out"), "--checkpoint",
+                 str(BASELINE), "--output-format", output_format]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*files, "manifest.json"])
+    cube, wavelengths = load_cube(tmp_path / "out" / files[0])
+    assert cube.shape == (8, 12, 31) and wavelengths[0] == 400

@@ -169,8 +169,8 @@ def test_band_count_must_match_stored_wavelengths(tmp_path):
 
 
 def test_unknown_suffix(tmp_path, cube):
-    with pytest.raises(CubeFileError, match=r"\.mat"):
-        save_cube(tmp_path / "a.mat", cube, WL)
+    with pytest.raises(CubeFileError, match=r"\.xyz"):
+        save_cube(tmp_path / "a.xyz", cube, WL)
 
 
 # ------------------------------------------------------------------------------------------ save errors
@@ -277,3 +277,37 @@ def test_uncertainty_is_stored_beside_the_cube(tmp_path):
         np.testing.assert_allclose(f["uncertainty"][()], cube / 10)
     with pytest.raises(CubeFileError, match="uncertainty shape"):
         save_cube(tmp_path / "v.h5", cube, DEFAULT_GRID.as_array(), uncertainty=cube[:2])
+
+
+def test_matlab_v73_cubes_are_hdf5_behind_the_mat_header_in_matlab_order(tmp_path):
+    import h5py
+
+    from uldm.data.readers import read_arad
+
+    rng = np.random.default_rng(0)
+    cube, wavelengths = rng.random((5, 7, 31)).astype(np.float32), np.arange(400, 701, 10)
+    path = save_cube(tmp_path / "scene.mat", cube, wavelengths, uncertainty=cube / 10)
+    assert path.read_bytes()[:19] == b"MATLAB 7.3 MAT-file" and path.read_bytes()[126:128] == b"IM"
+    with h5py.File(path, "r") as handle:
+        assert handle["cube"].shape == (31, 7, 5)  # MATLAB's column-major H x W x B
+        assert handle["cube"].attrs["MATLAB_class"] == b"single"
+    loaded, wl = load_cube(path)
+    np.testing.assert_array_equal(loaded, cube)
+    np.testing.assert_array_equal(wl, wavelengths)
+    np.testing.assert_array_equal(read_arad(path).cube, np.clip(cube, 0, 1))  # the ARAD reader reads it too
+
+
+def test_envi_cubes_are_a_header_and_band_sequential_float32(tmp_path):
+    rng = np.random.default_rng(1)
+    cube, wavelengths = rng.random((4, 6, 31)).astype(np.float32), np.arange(400, 701, 10)
+    header = save_cube(tmp_path / "scene.hdr", cube, wavelengths)
+    text = header.read_text()
+    assert text.startswith("ENVI\n") and "samples = 6" in text and "lines = 4" in text and "interleave = bsq" in text
+    raw = np.fromfile(tmp_path / "scene.img", dtype="<f4")
+    np.testing.assert_array_equal(raw[:24], cube[..., 0].ravel())  # band 0 first, row by row
+    loaded, wl = load_cube(header)
+    np.testing.assert_array_equal(loaded, cube)
+    np.testing.assert_array_equal(wl, wavelengths)
+    with pytest.raises(FileExistsError):
+        save_cube(header, cube, wavelengths, overwrite=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.hdr", "scene.img"]

@@ -165,6 +165,9 @@ def report(reconstruct, scenes, camera, degradation, args: argparse.Namespace) -
 
 
 # ------------------------------------------------------------------------------------------- reconstruct
+OUTPUT_SUFFIXES = {"h5": ".h5", "mat": ".mat", "envi": ".hdr", "npz": ".npz"}
+
+
 def add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "reconstruct", help="RGB images -> 31-band cubes (HDF5), with previews; sharded under accelerate launch",
@@ -178,6 +181,9 @@ def add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--input-space", choices=["srgb", "linear"], default="srgb",
                         help="how the image values are encoded (default: srgb, as ordinary photos are)")
     parser.add_argument("--preview", action="store_true", help="also write <name>_preview.png and <name>_spectra.png")
+    parser.add_argument("--output-format", choices=sorted(OUTPUT_SUFFIXES), default="h5",
+                        help="h5 (default: cube, uncertainty, camera, provenance), mat (MATLAB v7.3), envi "
+                             "(<name>.hdr + <name>.img) or npz")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip them)")
     parser.add_argument("--manifest", type=Path,
                         help="where to record every image's output, status, seconds and RGB error (.json or .csv; "
@@ -194,7 +200,7 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     from .io import save_cube
     from .visualize import pick_pixels, plot_spectra, save_preview
 
-    jobs = plan_jobs(args.inputs, args.output)  # missing inputs fail here, before the model loads
+    jobs = plan_jobs(args.inputs, args.output, OUTPUT_SUFFIXES[args.output_format])  # fails before the model loads
     state = process_state()
     mine = shard(jobs, state.process_index, state.num_processes)
     model = model_from_args(args)

@@ -1,4 +1,4 @@
-"""Reading and writing spectral cubes in uldm's own formats: HDF5 (with provenance), .npz and .npy.
+"""Reading and writing spectral cubes: HDF5 (with provenance), .npz, .npy, MATLAB v7.3 .mat and ENVI (.hdr + .img).
 
 Cubes are H x W x B float32 with their wavelengths (float64, nm). Every write is atomic: data go to a temporary
 file in the destination folder that replaces the destination only once complete, so an interrupted run never
@@ -24,7 +24,11 @@ PathLike = Union[str, os.PathLike]
 FORMAT_NAME = "uldm-cube"
 FORMAT_VERSION = 1
 HDF5_SUFFIXES = (".h5", ".hdf5")
-SUFFIXES = (*HDF5_SUFFIXES, ".npz", ".npy")
+MAT_SUFFIX, ENVI_SUFFIX = ".mat", ".hdr"
+SUFFIXES = (*HDF5_SUFFIXES, ".npz", ".npy", MAT_SUFFIX, ENVI_SUFFIX)
+# the 128-byte header MATLAB puts in the 512-byte user block of a v7.3 file (text, subsystem offset, version, "IM")
+MAT_V73_HEADER = (b"MATLAB 7.3 MAT-file, Platform: uldm, Created by: uldm, HDF5 schema 1.00 .".ljust(116, b" ")
+                  + b"\x00" * 8 + b"\x00\x02" + b"IM")
 # Attributes save_cube writes itself; user attrs may not overwrite them.
 _RESERVED_ATTRS = frozenset(
     {"format", "format_version", "uldm_version", "created", "camera_name", "camera_response", "camera_wavelengths"}
@@ -184,6 +188,10 @@ def save_cube(
     uldm_version, created (UTC), camera_name/camera_response/camera_wavelengths when a `CameraResponse` is
     given, and `attrs` (provenance such as source image, checkpoint, steps; None values are skipped).
     .npz: arrays `cube` and `wavelengths`. .npy: the cube alone (camera and attrs are not stored).
+    .mat: MATLAB v7.3 (HDF5 behind MATLAB's 512-byte header, so h5py and MATLAB's `load` both read it): `cube`
+    (H x W x B as MATLAB sees it, single), `bands` (1 x B wavelengths) and `uncertainty` if given, as ARAD-1K's.
+    .hdr: ENVI, the header (samples, lines, bands, float32 band-sequential, wavelengths in nm) beside the raw
+    data in `<name>.img`; the data file is written first, so a header never points at missing data.
     """
     path = Path(path)
     suffix = _suffix(path)
@@ -199,6 +207,12 @@ def save_cube(
                 image = _hdf5_image(cube, wl, _provenance(camera, attrs), extra)
                 with open(tmp, "wb") as handle:
                     handle.write(image)
+            elif suffix == MAT_SUFFIX:
+                image = _mat_v73_image(cube, wl, extra)
+                with open(tmp, "wb") as handle:
+                    handle.write(image)
+            elif suffix == ENVI_SUFFIX:
+                _write_envi(path, tmp, cube, wl, overwrite)
             elif suffix == ".npz":
                 with open(tmp, "wb") as handle:
                     np.savez(handle, cube=cube, wavelengths=wl, **extra)
@@ -230,6 +244,76 @@ def _hdf5_image(cube: np.ndarray, wavelengths: np.ndarray, attrs: dict[str, Any]
                 raise CubeFileError(f"attribute {key!r}: HDF5 cannot store {value!r} ({exc})") from exc
         f.flush()
         return f.id.get_file_image()
+
+
+def _mat_v73_image(cube: np.ndarray, wavelengths: np.ndarray, extra: Mapping[str, np.ndarray]) -> bytes:
+    """A MATLAB v7.3 file in memory: MATLAB stores arrays column-major, so an H x W x B array is B x W x H in HDF5."""
+    import h5py
+
+    with h5py.File(f"cube-{uuid.uuid4().hex}.mat", "w", driver="core", backing_store=False, userblock_size=512) as f:
+        for name, data in {"cube": cube, **extra}.items():
+            dataset = f.create_dataset(name, data=np.ascontiguousarray(np.transpose(data, (2, 1, 0))),
+                                       compression="gzip", compression_opts=4, shuffle=True)
+            dataset.attrs["MATLAB_class"] = np.bytes_("single")
+        bands = f.create_dataset("bands", data=wavelengths.reshape(1, -1).T.copy())  # 1 x B in MATLAB
+        bands.attrs["MATLAB_class"] = np.bytes_("double")
+        f.flush()
+        image = f.id.get_file_image()  # from the superblock on: the user block is not in the image
+    return MAT_V73_HEADER.ljust(512, b"\x00") + image
+
+
+def envi_data_path(header: Path) -> Path:
+    return header.with_suffix(".img")
+
+
+def _write_envi(header: Path, tmp_header: Path, cube: np.ndarray, wavelengths: np.ndarray, overwrite: bool) -> None:
+    """The raw band-sequential float32 data (atomically, first), then the header into `tmp_header`."""
+    height, width, bands = cube.shape
+    with atomic_write(envi_data_path(header), overwrite=overwrite) as tmp:
+        with open(tmp, "wb") as handle:
+            for band in range(bands):  # one band at a time: no second copy of the cube
+                handle.write(np.ascontiguousarray(cube[..., band], dtype="<f4").tobytes())
+    text = ["ENVI", "description = {uldm spectral cube}", f"samples = {width}", f"lines = {height}",
+            f"bands = {bands}", "header offset = 0", "file type = ENVI Standard", "data type = 4", "interleave = bsq",
+            "byte order = 0", "wavelength units = Nanometers",
+            "wavelength = {" + ", ".join(f"{w:g}" for w in wavelengths) + "}"]
+    with open(tmp_header, "w") as handle:
+        handle.write("\n".join(text) + "\n")
+
+
+def _read_envi(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """An ENVI cube written as `save_cube` writes one (float32 or float64, BSQ / BIL / BIP, little or big endian)."""
+    import re
+
+    text = path.read_text(errors="replace")
+    fields = {k.strip().lower(): v.strip() for k, v in re.findall(r"^([^=\n]+?)\s*=\s*(\{[^}]*\}|[^\n]*)$", text, re.M)}
+    try:
+        lines, samples, bands = (int(fields[k]) for k in ("lines", "samples", "bands"))
+        dtype = {"4": "f4", "5": "f8"}[fields.get("data type", "4")]
+    except (KeyError, ValueError) as exc:
+        raise CubeFileError(f"{path}: not an ENVI header uldm reads (float32/64 data, samples/lines/bands): {exc}") from exc
+    dtype = (">" if fields.get("byte order", "0") == "1" else "<") + dtype
+    data_path = envi_data_path(path)
+    try:
+        flat = np.fromfile(data_path, dtype=dtype, offset=int(fields.get("header offset", "0")))
+    except OSError as exc:
+        raise CubeFileError(f"{path}: cannot read its data file {data_path} ({exc.strerror or exc})") from exc
+    if flat.size != lines * samples * bands:
+        raise CubeFileError(f"{data_path}: {flat.size} values, the header says {lines} x {samples} x {bands}")
+    order = {"bsq": (bands, lines, samples), "bil": (lines, bands, samples), "bip": (lines, samples, bands)}
+    interleave = fields.get("interleave", "bsq").lower()
+    cube = flat.reshape(order[interleave])
+    cube = {"bsq": cube.transpose(1, 2, 0), "bil": cube.transpose(0, 2, 1), "bip": cube}[interleave]
+    wl = fields.get("wavelength")
+    wavelengths = np.array([float(v) for v in wl.strip("{}").split(",")]) if wl else None
+    return cube, wavelengths
+
+
+def _read_mat(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """A MATLAB v7.3 cube (`cube`, `bands`), as `save_cube` and ARAD-1K store it."""
+    from .data.readers import read_mat_v73_cube
+
+    return read_mat_v73_cube(path)
 
 
 # ----------------------------------------------------------------------------------------------- loading
@@ -276,7 +360,8 @@ def _read_npy(path: Path) -> tuple[np.ndarray, Optional[np.ndarray]]:
         raise CubeFileError(f"{path}: not a readable .npy file ({exc})") from exc
 
 
-_READERS = {".h5": _read_hdf5, ".hdf5": _read_hdf5, ".npz": _read_npz, ".npy": _read_npy}
+_READERS = {".h5": _read_hdf5, ".hdf5": _read_hdf5, ".npz": _read_npz, ".npy": _read_npy, MAT_SUFFIX: _read_mat,
+            ENVI_SUFFIX: _read_envi}
 
 
 def load_cube(path: PathLike, grid: Optional[SpectralGrid] = None) -> tuple[np.ndarray, np.ndarray]:

@@ -168,12 +168,19 @@ def _open_mat_v73(path: Path):
 def read_arad(path: PathLike, grid: SpectralGrid = DEFAULT_GRID) -> Scene:
     """An ARAD-1K / NTIRE 2022 scene: a MATLAB v7.3 `.mat` with datasets `cube` and `bands`.
 
-    MATLAB writes arrays column-major, so `cube` is B x W x H on disk and is transposed to H x W x B here.
     Values are clipped to [0, 1]: ARAD cubes slightly exceed 1 in places, and the rest of the library
     (rendering, metrics with peak 1) assumes values in [0, 1].
     """
     path = Path(path)
     _require_exists(path, "ARAD scene file")
+    cube, wavelengths = read_mat_v73_cube(path)
+    cube = np.clip(cube, 0.0, 1.0)  # clipping keeps NaN, which _on_grid rejects
+    return _on_grid(path.stem, cube, wavelengths, path, grid)
+
+
+def read_mat_v73_cube(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(H x W x B float32 as stored, wavelengths) of a MATLAB v7.3 `.mat` holding `cube` and `bands`. MATLAB writes
+    arrays column-major, so `cube` is B x W x H on disk and is transposed here."""
     with _open_mat_v73(path) as handle:
         if "cube" not in handle:
             raise DatasetError(f"{path}: no 'cube' dataset in this .mat (it holds {sorted(handle.keys())})")
@@ -190,8 +197,7 @@ def read_arad(path: PathLike, grid: SpectralGrid = DEFAULT_GRID) -> Scene:
             f"{path}: 'cube' has shape {stored.shape} on disk but 'bands' lists {wavelengths.size} wavelengths; "
             "expected bands first (MATLAB's H x W x B stored transposed)"
         )
-    cube = np.clip(np.transpose(stored, (2, 1, 0)), 0.0, 1.0)  # clipping keeps NaN, which _on_grid rejects
-    return _on_grid(path.stem, cube, wavelengths, path, grid)
+    return np.transpose(stored, (2, 1, 0)), wavelengths
 
 
 # --------------------------------------------------------------------------------------------- our own cubes
