@@ -397,6 +397,23 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_cave_root, ext
         torch.testing.assert_close(resumed[name], tensor, rtol=0, atol=1e-6, msg=name)
 
 
+@pytest.mark.slow
+def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before_it(tmp_path, tiny_cave_root, caplog):
+    config = load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root))
+    train(config)
+    output_dir = Path(config.output_dir)
+    uninterrupted = final_weights(output_dir)
+    damaged = output_dir / "checkpoint-6" / "model.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:100])  # a truncated file, as a full disk or a crash leaves it
+    import shutil
+
+    shutil.rmtree(output_dir / "speuae")
+    train(config, resume_from="latest")
+    assert "cannot resume from" in caplog.text and "checkpoint-6" in caplog.text
+    for name, tensor in final_weights(output_dir).items():  # resumed at step 3, trained to 6 again
+        torch.testing.assert_close(tensor, uninterrupted[name], rtol=0, atol=1e-6, msg=name)
+
+
 def test_checkpoint_limit_and_interrupted_save_keep_the_last_checkpoint(tmp_path, tiny_cave_root, monkeypatch):
     from accelerate import Accelerator
 

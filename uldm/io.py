@@ -68,6 +68,18 @@ def atomic_write(path: PathLike, overwrite: bool = True) -> Iterator[Path]:
         raise
 
 
+def fsync_tree(folder: PathLike) -> None:
+    """Flush every file below `folder`, and the folders themselves, to disk: what a rename makes visible must
+    survive a power loss whole."""
+    folder = Path(folder)
+    for path in [*sorted(folder.rglob("*")), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_folder(path: PathLike) -> Iterator[Path]:
     """Yield a temporary folder path (not yet created) beside `path`; on success it takes the place of `path` (an
@@ -80,6 +92,7 @@ def atomic_folder(path: PathLike) -> Iterator[Path]:
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         yield tmp
+        fsync_tree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

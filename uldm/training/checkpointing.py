@@ -7,6 +7,7 @@ one back; `batches_from` positions the batch stream after its step.
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
@@ -14,7 +15,10 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from ..io import fsync_tree
 from .config import ConfigError
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
@@ -37,6 +41,7 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, limit: Optional[in
     accelerator.save_state(str(tmp))  # every process: RNG states and sharded states are per process
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
+        fsync_tree(tmp)  # the rename publishes the checkpoint: its files must be on disk first
         shutil.rmtree(final, ignore_errors=True)
         tmp.rename(final)
         if limit is not None:
@@ -55,11 +60,21 @@ def resume(accelerator, output_dir: Path, spec: Optional[str]) -> int:
         if not found:
             accelerator.print(f"no checkpoint in {output_dir}; starting from scratch")
             return 0
-        path = found[-1]
-    else:
-        path = Path(spec)
-        if not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name):
-            raise ConfigError(f"{spec}: not a checkpoint folder (expected .../checkpoint-<step>)")
+        for path in reversed(found):  # a damaged newest checkpoint falls back to the one before it
+            try:
+                return load_checkpoint(accelerator, path)
+            except Exception as exc:  # torch / safetensors / pickle raise many kinds on a damaged file
+                logger.warning("cannot resume from %s (%s: %s); trying the checkpoint before it", path,
+                               type(exc).__name__, exc)
+        raise ConfigError(f"no checkpoint in {output_dir} can be loaded (tried {[p.name for p in found]})")
+    path = Path(spec)
+    if not path.is_dir() or not CHECKPOINT_PATTERN.match(path.name):
+        raise ConfigError(f"{spec}: not a checkpoint folder (expected .../checkpoint-<step>)")
+    return load_checkpoint(accelerator, path)
+
+
+def load_checkpoint(accelerator, path: Path) -> int:
+    """Restore model, optimizer, scheduler, EMA and RNG states from `path`; its step."""
     accelerator.load_state(str(path))
     step = int(CHECKPOINT_PATTERN.match(path.name).group(1))
     accelerator.print(f"resumed from {path} at step {step}")
