@@ -259,7 +259,9 @@ class _Handler(BaseHTTPRequestHandler):
             raise HubRequestError(400, f"request body is not JSON: {exc}") from exc
 
     def _send(self, status: int, body: bytes = b"", content_type: str = "application/json",
-              headers: Optional[dict] = None, head_only: bool = False) -> None:
+              headers: Optional[dict] = None, head_only: bool = False, cut: Optional[int] = None) -> None:
+        """The response; with `cut`, only that many bytes of the body are sent before the connection closes
+        (a truncated download: the headers still promise the whole body)."""
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -269,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.close_connection = True
         if body and not head_only and self.command != "HEAD":
-            self.wfile.write(body)
+            self.wfile.write(body if cut is None else body[:cut])
 
     def _send_json(self, data: Any, status: int = 200, headers: Optional[dict] = None) -> None:
         self._send(status, json.dumps(data).encode(), headers=headers)
@@ -656,8 +658,9 @@ class _Handler(BaseHTTPRequestHandler):
                                       headers={"Content-Range": f"bytes */{len(data)}"})
             status, body = 206, data[start:end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
+        cut = self.hub.truncate_downloads.get(path) if method == "GET" else None
         self._send(status, body, content_type="application/octet-stream", headers=headers,
-                   head_only=method == "HEAD")
+                   head_only=method == "HEAD", cut=cut)
 
 
 # ------------------------------------------------------------------------------------------------- server
@@ -673,7 +676,9 @@ class HubServer:
             HfApi(endpoint=server.url).create_repo("testorg/tiny")
 
     `requests` records (method, path) of every request; `fail_downloads` holds repo paths whose GET
-    /resolve/ answers 500 (to test interrupted downloads). `user` is the account any token maps to.
+    /resolve/ answers 500 (to test interrupted downloads); `truncate_downloads` maps repo paths to the number of
+    body bytes their GET /resolve/ sends before closing the connection, every time (a server that keeps
+    truncating). `user` is the account any token maps to.
     """
 
     def __init__(self, root: os.PathLike | str, *, host: str = "127.0.0.1", user: str = "uldm-tester",
@@ -684,6 +689,7 @@ class HubServer:
         self.orgs = orgs
         self.requests: list[tuple[str, str]] = []
         self.fail_downloads: set[str] = set()
+        self.truncate_downloads: dict[str, int] = {}
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 

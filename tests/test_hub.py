@@ -246,6 +246,23 @@ def test_failed_download_leaves_no_partial_files(hub_server, tmp_path):
     assert (pulled / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
 
 
+def test_a_server_that_keeps_truncating_ends_in_an_error_with_no_partial_files(hub_server, tmp_path):
+    import time
+
+    folder = _make_model_folder(tmp_path)
+    push_folder(folder, REPO_ID)
+    cache = tmp_path / "cache"
+    hub_server.truncate_downloads = {"model.safetensors": 10}  # every GET of it stops after 10 bytes
+    start = time.monotonic()
+    with pytest.raises(HubError, match=f"'{REPO_ID}'.*complete message body"):
+        resolve_pretrained(REPO_ID, cache_dir=cache)
+    assert time.monotonic() - start < 120  # a bounded number of retries, not forever
+    gets = [path for method, path in hub_server.requests if method == "GET" and path.endswith("/model.safetensors")]
+    assert 1 <= len(gets) <= 20
+    _assert_cache_consistent(cache)
+    assert not [p for p in cache.rglob("*") if p.suffix == ".incomplete" or p.name.endswith(".incomplete")]
+
+
 def test_cached_snapshot_works_offline(hub_server, tmp_path):
     folder = _make_model_folder(tmp_path)
     push_folder(folder, REPO_ID)
