@@ -104,3 +104,21 @@ def test_pil_images_in_other_colour_modes_are_converted_to_rgb_or_refused():
         to_rgb_array(Image.new("LA", (4, 3)))
     with pytest.raises(ImageError, match="the image is empty"):
         to_rgb_array(np.zeros((0, 0, 3), dtype=np.float32))
+
+
+def test_8_bit_pngs_decode_through_pillow_and_16_bit_ones_keep_their_depth(tmp_path, monkeypatch):
+    import png
+
+    from uldm.images import read_image_file
+
+    rng = np.random.default_rng(0)
+    eight = (rng.random((6, 5, 3)) * 255).astype(np.uint8)
+    Image.fromarray(eight).save(tmp_path / "eight.png")
+    sixteen = (rng.random((6, 5, 3)) * 65535).astype(np.uint16)
+    save_png16(tmp_path / "sixteen.png", sixteen.astype(np.float32) / 65535)
+    original = png.Reader.asDirect
+    monkeypatch.setattr(png.Reader, "asDirect", lambda self: pytest.fail("pypng decoded an 8-bit PNG"))
+    np.testing.assert_array_equal(read_image_file(tmp_path / "eight.png"), eight)
+    monkeypatch.setattr(png.Reader, "asDirect", original)
+    decoded = read_image_file(tmp_path / "sixteen.png")
+    assert decoded.dtype == np.uint16 and np.abs(decoded.astype(int) - sixteen).max() <= 1

@@ -45,8 +45,14 @@ def _scale_integers(array: np.ndarray, where: str) -> np.ndarray:
 
 
 def _read_png(path: Path) -> np.ndarray:
+    """8-bit PNGs through Pillow (fast); 16-bit (and 1/2/4-bit) ones through pypng, which keeps their depth."""
     import png
 
+    reader = png.Reader(filename=str(path))
+    reader.preamble()  # the header chunks only
+    if reader.bitdepth == 8:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGBA") if image.mode in ("P", "PA") else image)
     width, height, rows, info = png.Reader(filename=str(path)).asDirect()
     planes = info["planes"]
     dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
