@@ -220,3 +220,13 @@ def test_the_command_writes_researchers_formats(tmp_path, output_format, files):
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*files, "manifest.json"])
     cube, wavelengths = load_cube(tmp_path / "out" / files[0])
     assert cube.shape == (8, 12, 31) and wavelengths[0] == 400
+
+
+@pytest.mark.parametrize("argv", [["evaluate", "--data", "MISSING"], ["relight", "MISSING.png", "--to", "A", "-o", "x.png"]])
+def test_every_command_checks_its_inputs_before_loading_a_model(tmp_path, capsys, monkeypatch, argv):
+    import uldm.cli
+
+    monkeypatch.setattr(uldm.cli, "model_from_args", lambda args: pytest.fail("the model was loaded"))
+    argv = [str(tmp_path / a) if a.startswith("MISSING") else a for a in argv]
+    assert main(argv) == 2
+    assert "MISSING" in capsys.readouterr().err

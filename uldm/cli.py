@@ -280,6 +280,8 @@ def run_relight(args: argparse.Namespace) -> int:
     from .images import load_linear_rgb
     from .relight import relight, save_srgb_png
 
+    if not args.input.is_file():  # before the model loads
+        raise FileNotFoundError(f"{args.input}: no such image file")
     model = model_from_args(args)
     for spec in (args.to, args.from_):  # a typo should fail before the reconstruction runs, not after
         load_illuminant(spec, model.camera.grid)
@@ -303,8 +305,9 @@ def add_evaluate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    scenes = select_scenes(args)  # a wrong --data fails before the model loads
     model = model_from_args(args)
-    return report(model, select_scenes(args), model.camera, degradation_from_args(args), args)
+    return report(model, scenes, model.camera, degradation_from_args(args), args)
 
 
 # ------------------------------------------------------------------------------------------------- hub
