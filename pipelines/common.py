@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -109,6 +110,21 @@ def draw_noise(count_per_image: int, num_images: int, shape: tuple, generator: G
         gen = generator[index] if isinstance(generator, list) else generator
         noises.append(randn_tensor((count_per_image, *shape), generator=gen, device=device, dtype=dtype))
     return torch.cat(noises)
+
+
+@contextmanager
+def progress_bar_options(pipeline, show: Optional[bool], desc: str) -> Iterator[None]:
+    """Within the block, the pipeline's progress bars follow what `set_progress_bar_config` set, with `desc`
+    unless the user named it and, when `show` is given, shown or hidden for this call only."""
+    saved = getattr(pipeline, "_progress_bar_config", None)
+    options = {"desc": desc, **(saved or {})}
+    if show is not None:
+        options["disable"] = not show
+    pipeline.set_progress_bar_config(**options)
+    try:
+        yield
+    finally:
+        pipeline.set_progress_bar_config(**(saved or {}))
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -211,6 +227,7 @@ __all__ = [
     "ensemble_statistics",
     "load_rgb_batch",
     "make_output",
+    "progress_bar_options",
     "resize_longer_side",
     "resize_to",
     "split_batch",

@@ -46,6 +46,7 @@ from .common import (
     ensemble_statistics,
     load_rgb_batch,
     make_output,
+    progress_bar_options,
     resize_longer_side,
     resize_to,
     rgb_error_per_image,
@@ -157,7 +158,7 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
         input_space: str = "srgb",
         clamp: bool = False,
         output_type: str = "np",
-        show_progress_bar: bool = True,
+        show_progress_bar: Optional[bool] = None,
         return_dict: bool = True,
         rgb_consistent: Optional[bool] = None,
     ) -> Union[SpectralReconstructionOutput, tuple]:
@@ -188,7 +189,6 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
         ensemble = ensemble_size if ensemble_size is not None else self.config.default_ensemble_size
         resolution = processing_resolution if processing_resolution is not None else self.config.default_processing_resolution
         project = self.config.project_rgb if rgb_consistent is None else bool(rgb_consistent)
-        self.set_progress_bar_config(disable=not show_progress_bar, desc="R2H-Diff")
 
         # 1. Check inputs
         check_call_arguments(steps, ensemble, batch_size, resolution, input_space, output_type)
@@ -207,8 +207,10 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
                            device, dtype)
 
         # 5. Denoise, `batch_size` members at a time
+        with progress_bar_options(self, show_progress_bar, "R2H-Diff"):
+            batches = self.progress_bar(range(0, len(noise), batch_size))
         results = [self.denoise(condition[start:start + batch_size], noise[start:start + batch_size], steps)
-                   for start in self.progress_bar(range(0, len(noise), batch_size))]
+                   for start in batches]
         spectra = from_model_space(torch.cat(results).float())
 
         # 6. Output size; optional projection onto the RGB-consistent set, member by member

@@ -37,6 +37,7 @@ from .common import (
     ensemble_statistics,
     load_rgb_batch,
     make_output,
+    progress_bar_options,
     resize_longer_side,
     resize_to,
     rgb_error_per_image,
@@ -139,7 +140,7 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         input_space: str = "srgb",
         clamp: bool = False,
         output_type: str = "np",
-        show_progress_bar: bool = True,
+        show_progress_bar: Optional[bool] = None,
         return_dict: bool = True,
     ) -> Union[SpectralReconstructionOutput, tuple]:
         """Reconstruct spectra from one RGB image or a batch.
@@ -166,7 +167,6 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         steps = num_inference_steps if num_inference_steps is not None else self.config.default_denoising_steps
         ensemble = ensemble_size if ensemble_size is not None else self.config.default_ensemble_size
         resolution = processing_resolution if processing_resolution is not None else self.config.default_processing_resolution
-        self.set_progress_bar_config(disable=not show_progress_bar, desc="ULDM")
 
         # 1. Check inputs
         check_call_arguments(steps, ensemble, batch_size, resolution, input_space, output_type)
@@ -190,7 +190,9 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
 
         # 5. Denoise, `batch_size` latents at a time
         results = []
-        for start in self.progress_bar(range(0, len(latents), batch_size)):
+        with progress_bar_options(self, show_progress_bar, "ULDM"):
+            batches = self.progress_bar(range(0, len(latents), batch_size))
+        for start in batches:
             sample, cond = latents[start:start + batch_size], condition[start:start + batch_size]
             self.scheduler.set_timesteps(steps, device=device)
             for t in self.scheduler.timesteps:

@@ -230,3 +230,11 @@ def test_every_command_checks_its_inputs_before_loading_a_model(tmp_path, capsys
     argv = [str(tmp_path / a) if a.startswith("MISSING") else a for a in argv]
     assert main(argv) == 2
     assert "MISSING" in capsys.readouterr().err
+
+
+def test_uldm_version(capsys):
+    from uldm import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"uldm {__version__}"

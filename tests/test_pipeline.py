@@ -216,3 +216,15 @@ def test_processing_resolution_shrinks_large_images_and_never_enlarges_small_one
     assert resize_longer_side(image, 64) is image and resize_longer_side(image, 0) is image
     native, capped = run(tiny_pipeline, rgb), run(tiny_pipeline, rgb, processing_resolution=4 * max(rgb.shape[:2]))
     np.testing.assert_array_equal(native.spectra, capped.spectra)
+
+
+def test_set_progress_bar_config_is_respected_and_a_call_flag_lasts_one_call(tiny_pipeline, rgb, capsys):
+    tiny_pipeline.set_progress_bar_config(disable=True)
+    tiny_pipeline(rgb, input_space="linear")
+    assert "ULDM" not in capsys.readouterr().err  # the user's setting wins over the default (shown)
+    tiny_pipeline(rgb, input_space="linear", show_progress_bar=True)
+    assert "ULDM" in capsys.readouterr().err
+    assert tiny_pipeline._progress_bar_config == {"disable": True}  # the call's flag did not stick
+    tiny_pipeline.set_progress_bar_config(desc="mine")
+    tiny_pipeline(rgb, input_space="linear")
+    assert "mine" in capsys.readouterr().err

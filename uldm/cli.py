@@ -353,7 +353,10 @@ SUBCOMMANDS = (add_info, add_reconstruct, add_evaluate, add_relight, add_baselin
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="uldm", description="RGB-to-hyperspectral reconstruction (ULDM)")
+    parser.add_argument("--version", action="version", version=f"uldm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:
         add(subparsers)
