@@ -13,13 +13,14 @@ What the cost columns count (all at one 256 x 256 image, batch 1, on this machin
 changes the size, e.g. for a quick check):
 - params: the parameters of every nn.Module component of a pipeline (ULDM: UNet, whole VAE, whole SpeUAE,
   prompt embedding, code prior if any; R2H-Diff: the network), or the 7 x 31 regression weights of the baseline.
-- GFLOP/step: one forward of the denoiser (ULDM: the UNet on 256/f x 256/f latents, f the VAE's downsampling
-  (8 for SD, 4 for the shipped small VAE); R2H-Diff: the network on
+- GFLOP/step: one forward of the denoiser (ULDM: the UNet on 256/f x 256/f latents, f the SpaAE's downsampling
+  (8 for SD's VAE and TAESD); R2H-Diff: the network on
   the 256 x 256 cube), measured as FlopCounterMode(pipeline with 2 steps) − FlopCounterMode(pipeline with 1 step).
 - GFLOP/image: FlopCounterMode over the whole pipeline call at the chosen steps and ensemble size, so everything
   that runs is counted: ULDM = VAE encoder (RGB condition, once per image) + steps x UNet + VAE decoder +
   SpeUAE decoder (both per member) + the code prior and SpeUAE encoder (once per image, if a prior);
-  R2H-Diff = steps x network (+ the 3 x 31 projection matmuls if on).
+  R2H-Diff = steps x network (+ the 3 x 31 projection matmuls if on). The JSON also holds it by module
+  (`gflops_by_module`: UNet2DConditionModel, EncoderTiny / DecoderTiny or Encoder / Decoder, PointwiseMLP, ...).
   The baseline's is counted by hand in the same convention: its 7 x 31 matmul, 2 x 7 x 31 per pixel.
 - FlopCounterMode counts a multiply-add as 2 FLOPs and only matmuls and convolutions (not activations,
   softmax or norms); papers in this field quote multiply-accumulates (fvcore): divide by 2 to compare.
@@ -101,13 +102,18 @@ def cost_image(size: int = COST_SIZE) -> np.ndarray:
     return np.stack([0.2 + 0.6 * yy, 0.3 + 0.5 * xx, 0.7 - 0.4 * yy * xx], axis=-1).astype(np.float32)
 
 
-def pipeline_flops(model: PipelineReconstructor, rgb: np.ndarray, steps: int, ensemble: int) -> int:
-    """FlopCounterMode total of one pipeline call (matmuls and convolutions, multiply-add = 2)."""
+def pipeline_flops(model: PipelineReconstructor, rgb: np.ndarray, steps: int, ensemble: int,
+                   by_module: Optional[dict[str, float]] = None) -> int:
+    """FlopCounterMode total of one pipeline call (matmuls and convolutions, multiply-add = 2); with `by_module`,
+    also fills it with the GFLOP of each top-level module class that ran (UNet, SpaAE encoder and decoder, ...)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         model.pipeline(rgb, num_inference_steps=steps, ensemble_size=ensemble, input_space="linear",
                        generator=torch.Generator().manual_seed(0), show_progress_bar=False)
+    if by_module is not None:
+        by_module.update({name: sum(counts.values()) / 1e9 for name, counts in counter.get_flop_counts().items()
+                          if name != "Global" and "." not in name})
     return int(counter.get_total_flops())
 
 
@@ -121,7 +127,8 @@ def measure_costs(model: Any, steps: Optional[int], ensemble: Optional[int], siz
         ensemble = ensemble or config.default_ensemble_size
         one = pipeline_flops(model, rgb, 1, 1)
         row["gflops_per_step"] = (pipeline_flops(model, rgb, 2, 1) - one) / 1e9
-        row["gflops_per_image"] = pipeline_flops(model, rgb, steps, ensemble) / 1e9
+        row["gflops_by_module"] = {}
+        row["gflops_per_image"] = pipeline_flops(model, rgb, steps, ensemble, row["gflops_by_module"]) / 1e9
         row.update(steps=steps, ensemble=ensemble)
         model.pipeline(rgb, num_inference_steps=1, input_space="linear", show_progress_bar=False)  # warm-up
     else:

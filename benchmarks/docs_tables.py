@@ -112,14 +112,21 @@ def ablation_table() -> str:
     return "\n".join(blocks)
 
 
+SPAAE_MODULES = ("EncoderTiny", "DecoderTiny", "Encoder", "Decoder")
+
+
 def costs_table() -> str:
-    """docs/results.md: parameters, GFLOP and CPU seconds of arms a and c (compare_models.py --costs-only)."""
+    """docs/results.md: parameters, GFLOP (and the SpaAE's share) and CPU seconds of arms a and c
+    (compare_models.py --costs-only)."""
     rows = []
     for size in (256, 512):
         for label, row in _json(f"ablation_costs_{size}.json")["rows"].items():
+            spaae = sum(v for k, v in row["gflops_by_module"].items() if k in SPAAE_MODULES)
             rows.append([f"{label} at {size} x {size}", f"{row['parameters']:,}", f"{row['gflops_per_step']:.2f}",
-                         f"{row['gflops_per_image']:.2f}", f"{row['seconds_per_image']:.2f}"])
-    return _rows(["model", "parameters", "GFLOP / step (UNet)", "GFLOP / image", "s / image (2 CPU threads)"], rows)
+                         f"{row['gflops_per_image']:.2f}", f"{spaae:.2f} ({spaae / row['gflops_per_image']:.0%})",
+                         f"{row['seconds_per_image']:.2f}"])
+    return _rows(["model", "parameters", "GFLOP / step (UNet)", "GFLOP / image", "of which the SpaAE",
+                  "s / image (2 CPU threads)"], rows)
 
 
 def training_table() -> str:

@@ -61,7 +61,8 @@ def ablation_table(ablation: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def card_text(pipeline: Path, runs: Path, arm: str, ablation: dict[str, Any]) -> tuple[str, dict[str, float], str]:
+def card_text(pipeline: Path, runs: Path, arm: str, ablation: dict[str, Any],
+              processing_resolution: int) -> tuple[str, dict[str, float], str]:
     """(description, metrics, training notes) for the card."""
     std = ablation["splits"]["std"]
     row = std["rows"][f"{arm} seed 0"]
@@ -92,7 +93,9 @@ Components and where their weights come from:
 On the standard split's 4 val scenes, at its default of one denoising step: **{row['psnr']:.2f} dB PSNR, {row['sam']:.2f}°
 SAM, MRAE {row['mrae']:.4f}** (root-polynomial baseline fitted on the same training scenes: {base['psnr']:.2f} dB,
 {base['sam']:.2f}°, MRAE {base['mrae']:.4f}). Every output re-renders to its input RGB to float precision (max
-{row['max_rgb_error']:.1e})."""
+{row['max_rgb_error']:.1e}). Photos larger than {processing_resolution} pixels on their longer side run the diffusion
+at that size (`default_processing_resolution`, set when the pipeline was installed; the rest of the work runs at
+full size, band by band); smaller ones at their own."""
     metrics = {"val PSNR (dB)": round(row["psnr"], 2), "val SAM (deg)": round(row["sam"], 2),
                "val MRAE": round(row["mrae"], 4), "val RMSE": round(row["rmse"], 4),
                "max RGB re-projection error": float(f"{row['max_rgb_error']:.1e}")}
@@ -120,6 +123,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("destination", type=Path, help="e.g. checkpoints/uldm-cave")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--ablation", type=Path, default=Path("benchmarks/results/pretraining_ablation.json"))
+    parser.add_argument("--processing-resolution", type=int, default=512,
+                        help="the shipped pipeline's default: larger photos run the diffusion with their longer side "
+                             "at this (0: native; CAVE's 256 x 256 scenes are native either way)")
     args = parser.parse_args(argv)
     match = re.match(r"^([abc])-seed0$", args.pipeline.parent.name)
     if not match or args.pipeline.parent.parent.name != "cave-std":
@@ -131,9 +137,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scored = ablation["splits"]["std"]["rows"].get(f"{arm} seed 0", {}).get("pipeline")
     if scored is None or Path(scored).resolve() != args.pipeline.resolve():
         parser.error(f"{args.ablation} did not score {args.pipeline} (it scored {scored}): run the benchmark again")
-    description, metrics, training = card_text(args.pipeline, args.runs, arm, ablation)
+    description, metrics, training = card_text(args.pipeline, args.runs, arm, ablation, args.processing_resolution)
     with atomic_folder(args.destination) as tmp:
-        shutil.copytree(args.pipeline, tmp)
+        shutil.copytree(args.pipeline, tmp, ignore=shutil.ignore_patterns("README.md"))
+        index_path = tmp / "model_index.json"
+        index = json.loads(index_path.read_text())
+        index["default_processing_resolution"] = args.processing_resolution
+        index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         write_model_card(tmp, title="ULDM on CAVE from pretrained RGB components", description=description,
                          metrics=metrics, camera="Nikon 5100 (NPL)", training=training, tags=["cave", "taesd"])
     print(f"shipped {args.pipeline} as {args.destination}")

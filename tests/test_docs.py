@@ -34,6 +34,7 @@ NOT_RUN = {
     "python stages/": "training: minutes to an hour (the stages are tested on tiny models in test_stage*.py)",
     "python benchmarks/compare_models.py": "scores three models on the CAVE val split: minutes",
     "python benchmarks/docs_tables.py": "run here with --check (test_every_table_matches_its_json)",
+    "accelerate launch": "several processes or machines (test_batch.py shares a folder between two CPU processes)",
 }
 
 
