@@ -43,7 +43,8 @@ class RunConfig:
     max_grad_norm: float = 1.0
     use_ema: bool = False  # validate and save an exponential moving average of the weights (see ModelEMA)
     ema_decay: float = 0.999
-    mixed_precision: str = "no"  # no / fp16 / bf16
+    mixed_precision: Optional[str] = None  # no / fp16 / bf16; None: what `accelerate launch` / `accelerate config` say
+    allow_tf32: bool = False  # TF32 matmuls on Ampere+ GPUs (faster, less precise)
     seed: int = 0
     # bookkeeping
     checkpointing_steps: int = 500
@@ -56,7 +57,7 @@ class RunConfig:
         """Cheap checks before anything heavy happens; stages extend this."""
         if self.mixed_precision is False:  # YAML 1.1 reads an unquoted `no` as false
             self.mixed_precision = "no"
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
             raise ConfigError(f"mixed_precision must be no, fp16 or bf16, got {self.mixed_precision!r}")
         for name in ("max_train_steps", "train_batch_size", "gradient_accumulation_steps", "checkpointing_steps",
                      "validation_steps"):
@@ -174,19 +175,45 @@ def load_config(cls: Type[ConfigT], path: Optional[Path], overrides: Sequence[st
     return config
 
 
-def base_argument_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description)
+# flags of diffusers' training examples that set a config key (`--gradient_checkpointing` where the stage has it)
+KEY_FLAGS = {"output_dir": str, "seed": int, "mixed_precision": str, "report_to": str, "gradient_checkpointing": None,
+             "allow_tf32": None}
+
+
+def keys_help(cls: Optional[type]) -> str:
+    """The config keys of `cls` with their defaults, for --help."""
+    if cls is None:
+        return ""
+    lines = ["config keys (YAML, or --set key=value), with their defaults:"]
+    for f in dataclasses.fields(cls):
+        default = "required" if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        lines.append(f"  {f.name} = {default!r}")
+    return "\n".join(lines)
+
+
+def base_argument_parser(description: str, cls: Optional[type] = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, epilog=keys_help(cls),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, help="YAML config (see stages/configs/)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key (repeatable), e.g. --set max_train_steps=100")
-    parser.add_argument("--output_dir", help="shortcut for --set output_dir=...")
     parser.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint folder to continue from")
+    known = {f.name for f in dataclasses.fields(cls)} if cls is not None else set(KEY_FLAGS)
+    for key, kind in KEY_FLAGS.items():
+        if key not in known:
+            continue
+        if kind is None:
+            parser.add_argument(f"--{key}", action="store_true", default=None, help=f"shortcut for --set {key}=true")
+        else:
+            parser.add_argument(f"--{key}", type=kind, help=f"shortcut for --set {key}=...")
     return parser
 
 
 def config_from_args(cls: Type[ConfigT], args: argparse.Namespace) -> ConfigT:
-    overrides = list(args.overrides) + ([f"output_dir={args.output_dir}"] if args.output_dir else [])
-    return load_config(cls, args.config, overrides)
+    """The config of `--config`, then the `--set` overrides, then the flags given (the flags win)."""
+    flags = [f"{key}={getattr(args, key)}" for key in KEY_FLAGS if getattr(args, key, None) is not None]
+    return load_config(cls, args.config, list(args.overrides) + flags)
 
 
 

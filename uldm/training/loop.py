@@ -136,7 +136,7 @@ def stage_main(description: str, config_class: Type[ConfigT], train: Callable[[C
     `train(config, resume_from)`; a config problem is printed (naming the file) with exit code 2."""
     import sys
 
-    args = base_argument_parser(description).parse_args(argv)
+    args = base_argument_parser(description, config_class).parse_args(argv)
     try:
         train(config_from_args(config_class, args), args.resume_from_checkpoint)
     except ConfigError as exc:

@@ -35,6 +35,9 @@ def build_accelerator(config: RunConfig):
         log_with=report_to,
         project_config=project,
     )
+    if config.allow_tf32 and torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     warn_if_one_cpu_thread(accelerator)
     return accelerator
 
