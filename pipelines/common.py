@@ -210,7 +210,7 @@ class SpectralPipelineMixin:
         name = type(self).__name__
         with tempfile.TemporaryDirectory() as tmp:
             self.save_pretrained(tmp)
-            write_model_card(tmp, title=f"{self.model_card_name}: {repo_id}",
+            write_model_card(tmp, title=f"{self.model_card_name}: {repo_id}", pipeline_class=name,
                              description=description or f"A uldm {name} (RGB -> {self.camera.num_bands}-band spectra).",
                              metrics=metrics, camera=self.camera.name, training=self.model_card_training())
             return push_folder(tmp, repo_id, token=token, private=private, revision=revision,

@@ -224,16 +224,14 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
 
 
 def write_card(folder: Path, config: R2HDiffConfig, step: int, pipeline: R2HDiffPipeline) -> None:
-    """A model card saying what the pipeline is and what it was trained on."""
-    from uldm.hub import write_model_card
+    """A model card saying what the pipeline is and what it was trained on, with the validation metrics it measured."""
+    from uldm.training.card import write_run_card
 
-    write_model_card(
-        folder, title=f"R2H-Diff spectral reconstruction ({Path(config.output_dir).name})",
-        description=(f"R2H-Diff trained from scratch for {step} steps on {config.data_format} data "
-                     f"({config.train_scenes}); {config.default_denoising_steps} DDIM steps by default."),
-        metrics=None, camera=pipeline.camera.name, training=f"{pipeline.model_card_training()}; config: {config_dict(config)}",
-        tags=("r2h-diff",),
-    )
+    write_run_card(folder, config, title=f"R2H-Diff spectral reconstruction ({Path(config.output_dir).name})",
+                   description=(f"R2H-Diff ({pipeline.model_card_training()}) trained from scratch for {step} steps on "
+                                f"{config.data_format} data ({config.train_scenes}); "
+                                f"{config.default_denoising_steps} DDIM steps by default."),
+                   camera=pipeline.camera.name, pipeline_class="R2HDiffPipeline", tags=("r2h-diff",))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

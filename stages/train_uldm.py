@@ -367,17 +367,17 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
 
 
 def write_card(folder: Path, config: ULDMConfig, step: int) -> None:
-    """A model card saying what the pipeline was trained from and on."""
-    try:
-        from uldm.hub import write_model_card
-    except ImportError:  # the hub helpers are optional for training
-        return
-    write_model_card(
-        folder, title=f"ULDM spectral reconstruction ({Path(config.output_dir).name})",
-        description=(f"Stage 2 fine-tuned from `{config.pretrained_model_name_or_path}` for {step} steps "
-                     f"with SpeUAE `{config.speuae_path}` on {config.data_format} data ({config.train_scenes})."),
-        metrics=None, camera=config.camera, training=f"uldm stage 2, config: {config_dict(config)}",
-    )
+    """A model card saying what the pipeline was trained from and on, with the validation metrics it measured."""
+    from uldm.training.card import write_run_card
+
+    spaae = (f" and the SpaAE of `{config.pretrained_vae_model_name_or_path}`"
+             if config.pretrained_vae_model_name_or_path else "")
+    write_run_card(folder, config, title=f"ULDM spectral reconstruction ({Path(config.output_dir).name})",
+                   description=(f"Stage 2 fine-tuned from `{config.pretrained_model_name_or_path}`{spaae} for {step} "
+                                f"steps with SpeUAE `{config.speuae_path}` on {config.data_format} data "
+                                f"({config.train_scenes})."),
+                   camera=config.camera, pipeline_class="SpectralReconstructionPipeline",
+                   started_from=config.pretrained_model_name_or_path)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

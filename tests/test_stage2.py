@@ -586,3 +586,21 @@ def test_training_summary_reads_a_runs_own_logs(tmp_path, load_benchmark):
     assert summary["steps"] == 4 and summary["samples"] == 32 and summary["seconds"] == 8.0
     assert summary["train_loss_first"] == pytest.approx(0.75) and summary["train_loss_last"] == pytest.approx((1 / 3 + 1 / 4) / 2)
     assert summary["validations"] == [{"step": 2, "val/loss": 0.25}, {"step": 4, "val/loss": 0.125}]
+
+
+@pytest.mark.slow
+def test_the_trainers_card_carries_the_validation_metrics_it_measured(tmp_path, tiny_sd_dir, tiny_speuae_dir,
+                                                                      tiny_cave_root):
+    from huggingface_hub import ModelCard
+
+    from uldm.training import read_metrics
+
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root))
+    train(config)
+    card = ModelCard.load(Path(config.output_dir) / "pipeline" / "README.md")
+    last = read_metrics(Path(config.output_dir))[-1]
+    assert card.data.uldm["metrics"]["PSNR"] == pytest.approx(last["val/psnr"])
+    results = card.data.eval_results
+    assert {r.metric_type: r.metric_value for r in results}["psnr"] == pytest.approx(last["val/psnr"])
+    assert card.data.pipeline_tag == "image-to-image" and "SpectralReconstructionPipeline.from_pretrained" in card.text
+    assert "```yaml\noutput_dir:" in card.text

@@ -193,6 +193,11 @@ def _looks_like_path(name: str) -> bool:
             or name.endswith("/") or ("/" in name and Path(name.split("/", 1)[0]).is_dir()))
 
 
+def looks_like_local_path(name: str) -> bool:
+    """Whether `name` names a local folder (existing, or shaped like a path) rather than a hub repo id."""
+    return Path(name).expanduser().exists() or _looks_like_path(name)
+
+
 def _local_folder(name_or_path: PathLike) -> Optional[Path]:
     """The folder `name_or_path` names, None if it should be taken as a repo id; errors for paths that
     cannot be either."""
@@ -332,7 +337,7 @@ def _format_metric(value: Any) -> str:
 
 
 def _card_body(title: str, description: str, metrics: Mapping[str, Any], camera: Optional[str],
-               training: Optional[str]) -> str:
+               training: Optional[str], pipeline_class: str) -> str:
     lines = [f"# {title}", "", description.strip(), ""]
     if camera:
         lines += ["## Camera", "", camera.strip(), ""]
@@ -342,9 +347,10 @@ def _card_body(title: str, description: str, metrics: Mapping[str, Any], camera:
         lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
         lines += [f"| {name} | {_format_metric(value)} |" for name, value in metrics.items()]
         lines.append("")
-    lines += ["## Usage", "", "```python", "from uldm.hub import resolve_pretrained", "",
-              "folder = resolve_pretrained(\"<this repo id>\")  # downloads the files, returns the local folder",
-              "```", ""]
+    lines += ["## Usage", "", "With `uldm` installed (`pip install uldm`):", "", "```python",
+              f"from uldm import {pipeline_class}", "",
+              f"pipe = {pipeline_class}.from_pretrained(\"<this repo id or folder>\")",
+              "out = pipe(\"photo.png\")     # sRGB photo in; out.spectra: 1 x H x W x 31 (400-700 nm)", "```", ""]
     return "\n".join(lines)
 
 
@@ -358,19 +364,34 @@ def write_model_card(
     training: Optional[str] = None,
     tags: Sequence[str] = (),
     license: str = DEFAULT_LICENSE,  # noqa: A002 - the model-card field's name
+    pipeline_class: str = "SpectralReconstructionPipeline",
+    base_model: Optional[Union[str, Sequence[str]]] = None,
+    datasets: Sequence[str] = (),
+    evaluation: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write `folder`/README.md (atomically): YAML front matter the hub indexes (library_name: uldm, license,
-    DEFAULT_TAGS plus `tags`, and an `uldm` mapping with camera and metrics, machine-readable) and a
-    Markdown body with the title, description, camera, training notes and a metrics table."""
-    from huggingface_hub import ModelCard, ModelCardData
+    pipeline_tag, DEFAULT_TAGS plus `tags`, `base_model` and `datasets` when known, an `uldm` mapping with camera and
+    metrics, and with `evaluation` = {"dataset": name, "dataset_type": id, "split": ..., "metrics": {name: value}}
+    a model-index, so the hub shows the metrics) and a Markdown body with the title, description, camera, training
+    notes, a metrics table and how to load it with `pipeline_class`."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     if not title or not title.strip():
         raise ValueError("a model card needs a non-empty title")
     metrics = {str(name): _plain_value(value) for name, value in (metrics or {}).items()}
     all_tags = list(dict.fromkeys([*DEFAULT_TAGS, *tags]))
     extra = {key: value for key, value in (("camera", camera), ("metrics", metrics)) if value}
-    data = ModelCardData(library_name="uldm", license=license, tags=all_tags, **({"uldm": extra} if extra else {}))
-    body = _card_body(title.strip(), description, metrics, camera, training)
+    results = None
+    if evaluation:
+        results = [EvalResult(task_type="image-to-image", task_name="RGB to hyperspectral reconstruction",
+                              dataset_type=evaluation["dataset_type"], dataset_name=evaluation["dataset"],
+                              dataset_split=evaluation.get("split"), metric_type=name.lower(), metric_name=name,
+                              metric_value=_plain_value(value))
+                   for name, value in evaluation["metrics"].items()]
+    data = ModelCardData(library_name="uldm", license=license, tags=all_tags, pipeline_tag="image-to-image",
+                         base_model=base_model or None, datasets=list(datasets) or None, eval_results=results,
+                         model_name=title.strip() if results else None, **({"uldm": extra} if extra else {}))
+    body = _card_body(title.strip(), description, metrics, camera, training, pipeline_class)
     card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")  # parsing it checks the front matter
     path = Path(folder) / "README.md"
     with atomic_write(path) as tmp:
