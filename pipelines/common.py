@@ -112,6 +112,19 @@ def draw_noise(count_per_image: int, num_images: int, shape: tuple, generator: G
     return torch.cat(noises)
 
 
+def scheduler_step_kwargs(scheduler, generator: GeneratorInput, start: int, count: int, ensemble: int) -> dict:
+    """What this scheduler's `step` takes of the generator: samplers that add noise (DDPM, Euler ancestral, ...)
+    draw it from the caller's generator (one per image: the members of rows start..start+count use their image's),
+    others take none (UniPC's `step` has no such argument)."""
+    import inspect
+
+    if "generator" not in inspect.signature(scheduler.step).parameters:
+        return {}
+    if isinstance(generator, list):
+        return {"generator": [generator[row // ensemble] for row in range(start, start + count)]}
+    return {"generator": generator}
+
+
 @contextmanager
 def progress_bar_options(pipeline, show: Optional[bool], desc: str) -> Iterator[None]:
     """Within the block, the pipeline's progress bars follow what `set_progress_bar_config` set, with `desc`
@@ -228,6 +241,7 @@ __all__ = [
     "load_rgb_batch",
     "make_output",
     "progress_bar_options",
+    "scheduler_step_kwargs",
     "resize_longer_side",
     "resize_to",
     "split_batch",

@@ -14,7 +14,7 @@ With a `code_prior` (optional component), the latent is that of the code's resid
 
 from __future__ import annotations
 
-from typing import Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -41,6 +41,7 @@ from .common import (
     resize_longer_side,
     resize_to,
     rgb_error_per_image,
+    scheduler_step_kwargs,
 )
 
 
@@ -142,6 +143,9 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         output_type: str = "np",
         show_progress_bar: Optional[bool] = None,
         return_dict: bool = True,
+        latents: Optional[torch.Tensor] = None,
+        callback_on_step_end: Optional[Callable[..., dict]] = None,
+        callback_on_step_end_tensor_inputs: Sequence[str] = ("latents",),
     ) -> Union[SpectralReconstructionOutput, tuple]:
         """Reconstruct spectra from one RGB image or a batch.
 
@@ -161,6 +165,9 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
             input_space: "srgb" (default: ordinary photos are sRGB-encoded) or "linear" (camera RGB).
             clamp: clip spectra to [0, 1]; this can break the exact RGB consistency slightly (see rgb_error).
             output_type: "np" (N x H x W x B) or "pt" (N x B x H x W).
+            latents: the initial noise (N·E x C x h x w, image-major), instead of drawing it from `generator`.
+            callback_on_step_end: `f(pipeline, step_index, timestep, {"latents": ...})` after every denoising step
+                (of every batch); a "latents" entry in what it returns replaces the latents, as in diffusers.
         """
         # 0. Resolve defaults
         device, dtype = self._execution_device, self.unet.dtype
@@ -185,8 +192,16 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         # 4. Condition latents (one per image, repeated per ensemble member) and initial noise
         condition = torch.cat([self.encode_rgb(padded[i:i + 1]) for i in range(num_images)])
         condition = condition.repeat_interleave(ensemble, dim=0)
-        latents = draw_noise(ensemble, num_images, tuple(condition.shape[1:]), generator, device, dtype)
+        if latents is None:
+            latents = draw_noise(ensemble, num_images, tuple(condition.shape[1:]), generator, device, dtype)
+        elif tuple(latents.shape) != tuple(condition.shape):
+            raise ValueError(f"latents must have shape {tuple(condition.shape)} (images x ensemble members, latent "
+                             f"channels, latent size), got {tuple(latents.shape)}")
+        latents = latents.to(device=device, dtype=dtype)
         text = self.prompt_embedding(1).to(device=device, dtype=dtype)
+        if set(callback_on_step_end_tensor_inputs) - {"latents"}:
+            raise ValueError(f"callback_on_step_end_tensor_inputs may only name 'latents', got "
+                             f"{list(callback_on_step_end_tensor_inputs)}")
 
         # 5. Denoise, `batch_size` latents at a time
         results = []
@@ -195,11 +210,15 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         for start in batches:
             sample, cond = latents[start:start + batch_size], condition[start:start + batch_size]
             self.scheduler.set_timesteps(steps, device=device)
-            for t in self.scheduler.timesteps:
-                model_input = torch.cat([cond, sample], dim=1)
+            sample = sample * self.scheduler.init_noise_sigma
+            step_kwargs = scheduler_step_kwargs(self.scheduler, generator, start, len(sample), ensemble)
+            for index, t in enumerate(self.scheduler.timesteps):
+                model_input = torch.cat([cond, self.scheduler.scale_model_input(sample, t)], dim=1)
                 noise_pred = self.unet(model_input, t, encoder_hidden_states=text.expand(len(sample), -1, -1),
                                        return_dict=False)[0]
-                sample = self.scheduler.step(noise_pred, t, sample, generator=None, return_dict=False)[0]
+                sample = self.scheduler.step(noise_pred, t, sample, **step_kwargs, return_dict=False)[0]
+                if callback_on_step_end is not None:
+                    sample = callback_on_step_end(self, index, t, {"latents": sample}).get("latents", sample)
             results.append(self.decode_latents(sample))
         codes = torch.cat(results)[..., :proc_h, :proc_w].float()
 

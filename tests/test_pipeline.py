@@ -228,3 +228,57 @@ def test_set_progress_bar_config_is_respected_and_a_call_flag_lasts_one_call(tin
     tiny_pipeline.set_progress_bar_config(desc="mine")
     tiny_pipeline(rgb, input_space="linear")
     assert "mine" in capsys.readouterr().err
+
+
+def test_every_compatible_scheduler_runs_and_the_unet_sees_unit_scale_inputs(tiny_pipeline, rgb):
+    """Schedulers that scale their input (Euler, Heun, LMS), draw noise (DDPM) or take no generator (UniPC) work."""
+    from diffusers import EulerDiscreteScheduler
+
+    config = {**tiny_pipeline.scheduler.config, "prediction_type": "sample"}
+    ran = []
+    for cls in tiny_pipeline.scheduler.compatibles:
+        try:
+            tiny_pipeline.scheduler = cls.from_config(config)
+            out = run(tiny_pipeline, rgb, num_inference_steps=4)
+        except ImportError:  # an optional package the scheduler needs (torchsde)
+            continue
+        except (NotImplementedError, ValueError) as exc:  # schedulers without x0 prediction say so
+            if "sample" in str(exc):
+                continue
+            raise
+        assert np.isfinite(out.spectra).all() and out.rgb_error.max() < 1e-5, cls.__name__
+        ran.append(cls.__name__)
+    assert {"DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "HeunDiscreteScheduler", "LMSDiscreteScheduler",
+            "UniPCMultistepScheduler", "DPMSolverMultistepScheduler", "DEISMultistepScheduler"} <= set(ran)
+    # Euler keeps its samples at the scale of its sigmas: the UNet must see them scaled back to unit variance
+    tiny_pipeline.scheduler = EulerDiscreteScheduler.from_config(config, timestep_spacing="trailing")
+    spreads = []
+    channels = tiny_pipeline.unet.config.out_channels
+    hook = tiny_pipeline.unet.register_forward_pre_hook(lambda module, args: spreads.append(float(args[0][:, channels:].std())))
+    run(tiny_pipeline, rgb, num_inference_steps=4)
+    hook.remove()
+    assert len(spreads) == 4 and max(spreads) < 2.0, spreads
+
+
+def test_given_latents_and_a_step_callback(tiny_pipeline, rgb):
+    seen = []
+
+    def callback(pipe, index, t, tensors):
+        seen.append((index, int(t)))
+        return {"latents": tensors["latents"] * 0}  # replaces the latents
+
+    latents = torch.randn(2, tiny_pipeline.unet.config.out_channels, *pipeline_latent_size(tiny_pipeline, rgb))
+    zeroed = tiny_pipeline(rgb, input_space="linear", ensemble_size=2, latents=latents, callback_on_step_end=callback,
+                           show_progress_bar=False)
+    assert [index for index, _ in seen] == [0, 1, 0, 1]  # two steps for each member (batch_size 1)
+    again = tiny_pipeline(rgb, input_space="linear", ensemble_size=2, latents=torch.zeros_like(latents),
+                          num_inference_steps=1, show_progress_bar=False)
+    assert np.isfinite(zeroed.spectra).all() and np.isfinite(again.spectra).all()
+    with pytest.raises(ValueError, match="latents must have shape"):
+        tiny_pipeline(rgb, input_space="linear", latents=latents[:1, :, :1], show_progress_bar=False)
+
+
+def pipeline_latent_size(pipe, image):
+    multiple = pipe.size_multiple
+    height, width = (-(-s // multiple) * multiple // pipe.vae_scale_factor for s in image.shape[:2])
+    return height, width
