@@ -48,15 +48,16 @@ def _read_png(path: Path) -> np.ndarray:
     """8-bit PNGs through Pillow (fast); 16-bit (and 1/2/4-bit) ones through pypng, which keeps their depth."""
     import png
 
-    reader = png.Reader(filename=str(path))
-    reader.preamble()  # the header chunks only
-    if reader.bitdepth == 8:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGBA") if image.mode in ("P", "PA") else image)
-    width, height, rows, info = png.Reader(filename=str(path)).asDirect()
-    planes = info["planes"]
-    dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
-    array = np.vstack([np.asarray(row, dtype=dtype) for row in rows]).reshape(height, width, planes)
+    with open(path, "rb") as handle:  # pypng leaves files it opens itself unclosed
+        reader = png.Reader(file=handle)
+        reader.preamble()  # the header chunks only
+        if reader.bitdepth == 8:
+            with Image.open(path) as image:
+                return np.asarray(image.convert("RGBA") if image.mode in ("P", "PA") else image)
+        width, height, rows, info = reader.asDirect()
+        planes = info["planes"]
+        dtype = np.uint16 if info["bitdepth"] > 8 else np.uint8
+        array = np.vstack([np.asarray(row, dtype=dtype) for row in rows]).reshape(height, width, planes)
     if info["bitdepth"] not in (8, 16):  # 1/2/4-bit palettes come back expanded to their own depth
         array = (array.astype(np.float32) / (2 ** info["bitdepth"] - 1) * 255).round().astype(np.uint8)
     return array
