@@ -124,16 +124,21 @@ def test_8_bit_pngs_decode_through_pillow_and_16_bit_ones_keep_their_depth(tmp_p
     assert decoded.dtype == np.uint16 and np.abs(decoded.astype(int) - sixteen).max() <= 1
 
 
-def test_reading_png_files_leaves_no_file_open(tmp_path):
-    import gc
-    import warnings
+def test_reading_png_files_leaves_no_file_open(tmp_path, monkeypatch):
+    import builtins
 
     from uldm.images import read_image_file
 
     save_png16(tmp_path / "sixteen.png", np.random.default_rng(0).random((4, 5, 3)).astype(np.float32))
     Image.fromarray(np.zeros((4, 5, 3), np.uint8)).save(tmp_path / "eight.png")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", ResourceWarning)
-        for name in ("sixteen.png", "eight.png"):
-            read_image_file(tmp_path / name)
-            gc.collect()  # an unclosed file would warn here
+    opened, real_open = [], builtins.open
+
+    def tracking_open(*args, **kwargs):
+        handle = real_open(*args, **kwargs)
+        opened.append(handle)
+        return handle
+
+    monkeypatch.setattr(builtins, "open", tracking_open)
+    for name in ("sixteen.png", "eight.png"):
+        read_image_file(tmp_path / name)
+    assert opened and all(handle.closed for handle in opened)  # an open one would be a ResourceWarning later
