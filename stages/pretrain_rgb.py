@@ -51,6 +51,7 @@ from uldm.training import (
     read_metrics,
     resume,
     stage_main,
+    log_images,
     train_loop,
 )
 
@@ -258,9 +259,7 @@ def train(config: RGBPretrainConfig, resume_from: Optional[str] = None):
                                     config.sample_steps, config.seed)
             unwrapped.train()
         save_grid(samples, output_dir / "samples" / f"step-{current:06d}.png")
-        for tracker in accelerator.trackers:
-            if tracker.name == "tensorboard":
-                tracker.writer.add_images("samples", samples, current)
+        log_images(accelerator.trackers, "samples", samples.permute(0, 2, 3, 1).cpu().numpy(), current)
         return metrics
 
     step = train_loop(accelerator, config, models=[unet], optimizer=optimizer, lr_scheduler=lr_scheduler,

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -604,3 +605,25 @@ def test_the_trainers_card_carries_the_validation_metrics_it_measured(tmp_path, 
     assert {r.metric_type: r.metric_value for r in results}["psnr"] == pytest.approx(last["val/psnr"])
     assert card.data.pipeline_tag == "image-to-image" and "SpectralReconstructionPipeline.from_pretrained" in card.text
     assert "```yaml\noutput_dir:" in card.text
+
+
+def test_previews_go_to_every_tracker_that_takes_images():
+    from uldm.training import log_images
+
+    class Tracker:
+        def __init__(self, name):
+            self.name, self.calls = name, []
+
+        def log_images(self, values, step=None, **kwargs):
+            self.calls.append((values, step, kwargs))
+
+    class TextOnly:
+        name = "text"
+
+    board, wandb = Tracker("tensorboard"), Tracker("wandb")
+    images = np.zeros((2, 4, 5, 3), dtype=np.float32)
+    log_images([board, wandb, TextOnly()], "samples", images, 7)
+    (values, step, kwargs), = board.calls
+    assert values["samples"] is images and step == 7 and kwargs == {"dataformats": "NHWC"}
+    (values, step, kwargs), = wandb.calls
+    assert [image.shape for image in values["samples"]] == [(4, 5, 3)] * 2 and kwargs == {}

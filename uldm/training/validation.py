@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import numpy as np
 import torch
 
 
@@ -17,10 +18,8 @@ def validate_pipeline(pipeline, scenes: Sequence[Path], *, data_format: str, num
     the pipeline is wrapped as a `PipelineReconstructor` (linear RGB in, its default ensemble and projection,
     noise from `seed`) and scored by `uldm.evaluation.evaluate` (RGB rendered with the pipeline's camera; MRAE,
     RMSE, PSNR, SAM, RGB error, seconds). A true-colour preview of the first scene, ground truth beside
-    reconstruction, goes to any tensorboard tracker.
+    reconstruction, goes to every tracker that takes images.
     """
-    import numpy as np
-
     from ..checkpoints import PipelineReconstructor
     from ..data import read_scene
     from ..evaluation import evaluate
@@ -37,13 +36,22 @@ def validate_pipeline(pipeline, scenes: Sequence[Path], *, data_format: str, num
         return cube
 
     result = evaluate(reconstruct, scenes, camera, format=data_format, seed=seed, progress=False)
-    tensorboards = [tracker for tracker in trackers if tracker.name == "tensorboard"]
-    if tensorboards and first:
+    if trackers and first:
         wavelengths = camera.grid.as_array()
         truth = read_scene(scenes[0], format=data_format, grid=camera.grid).cube
         preview = np.concatenate([cube_to_srgb(truth, wavelengths), cube_to_srgb(first[0], wavelengths)], axis=1)
-        for tracker in tensorboards:
-            tracker.writer.add_images("val/ground_truth|reconstruction", preview[None], step, dataformats="NHWC")
+        log_images(trackers, "val/ground_truth|reconstruction", preview[None], step)
     return {f"val/{k}": v for k, v in result.mean.items()}
+
+
+def log_images(trackers: Sequence[Any], tag: str, images: np.ndarray, step: int) -> None:
+    """N x H x W x 3 images to every tracker that takes images (tensorboard, wandb, ...), each in the form it wants."""
+    for tracker in trackers:
+        if not hasattr(tracker, "log_images"):
+            continue
+        if tracker.name == "tensorboard":
+            tracker.log_images({tag: images}, step=step, dataformats="NHWC")
+        else:
+            tracker.log_images({tag: list(images)}, step=step)
 
 
