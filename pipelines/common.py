@@ -140,6 +140,38 @@ def progress_bar_options(pipeline, show: Optional[bool], desc: str) -> Iterator[
         pipeline.set_progress_bar_config(**(saved or {}))
 
 
+# ------------------------------------------------------------------------------------------------ camera
+DEFAULT_CAMERA = "Nikon 5100 (NPL)"
+
+
+def camera_from_config(camera_name: str = DEFAULT_CAMERA, camera_response: Optional[list] = None,
+                       wavelengths: Optional[list] = None):
+    """The `CameraResponse` a pipeline config stores (name, 3 x B response, wavelengths), or a preset by name.
+
+    Families whose network does not depend on Φ (R2H-Diff, MST++) keep the camera in their config, not in a
+    component: only the projection onto Φŝ = c and the RGB error need it, and a config entry needs no weights."""
+    from uldm.camera import CameraResponse
+
+    if camera_response is None or wavelengths is None:
+        return CameraResponse.from_preset(camera_name)
+    return CameraResponse.from_config({"name": camera_name, "matrix": camera_response, "wavelengths": wavelengths})
+
+
+def camera_config(camera) -> dict[str, Any]:
+    """The config entries `camera_from_config` reads back."""
+    return {"camera_name": camera.name, "camera_response": camera.matrix.tolist(),
+            "wavelengths": list(camera.grid.wavelengths)}
+
+
+def project_onto_rgb(split, spectra: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+    """ŝ ← Φ⁺c + N Nᵀŝ (N x B x H x W, N x 3 x H x W): keep what the camera cannot see, take the rest from c.
+
+    The closest spectrum to ŝ (in L2, per pixel) that renders to c. In float32, like the ULDM pipeline's
+    composition (the bases are float64 and cast): Φŝ = c to ~1e-7.
+    """
+    return split.compose(rgb.float(), split.unobservable(spectra.float(), dim=1), dim=1)
+
+
 # ----------------------------------------------------------------------------------------------- outputs
 def ensemble_statistics(samples: torch.Tensor, num_images: int, ensemble: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(N·E) x ... members, image-major -> (mean, per-element standard deviation), each N x ....
@@ -231,6 +263,10 @@ class SpectralPipelineMixin:
 
 
 __all__ = [
+    "DEFAULT_CAMERA",
+    "camera_config",
+    "camera_from_config",
+    "project_onto_rgb",
     "GeneratorInput",
     "ImageInput",
     "SpectralPipelineMixin",

@@ -37,22 +37,25 @@ from uldm.models.r2hdiff import R2HDiffNet
 from uldm.nullspace import ObservableSplit
 
 from .common import (
+    DEFAULT_CAMERA,
     GeneratorInput,
     ImageInput,
     SpectralPipelineMixin,
     SpectralReconstructionOutput,
+    camera_config,
+    camera_from_config,
     check_call_arguments,
     draw_noise,
     ensemble_statistics,
     load_rgb_batch,
     make_output,
     progress_bar_options,
+    project_onto_rgb,
     resize_longer_side,
     resize_to,
     rgb_error_per_image,
 )
 
-DEFAULT_CAMERA = "Nikon 5100 (NPL)"
 
 
 def to_model_space(spectra: torch.Tensor) -> torch.Tensor:
@@ -90,10 +93,7 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
         project_rgb: bool = False,
     ) -> None:
         super().__init__()
-        if camera_response is None or wavelengths is None:
-            camera = CameraResponse.from_preset(camera_name)
-        else:
-            camera = CameraResponse.from_config({"name": camera_name, "matrix": camera_response, "wavelengths": wavelengths})
+        camera = camera_from_config(camera_name, camera_response, wavelengths)
         if camera.num_bands != net.config.spectral_channels:
             raise ValueError(f"R2HDiffPipeline: camera {camera.name!r} has {camera.num_bands} bands, the network "
                              f"{net.config.spectral_channels} spectral channels")
@@ -102,9 +102,7 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
                              f"{scheduler.config.prediction_type!r}, the network was built for "
                              f"{net.config.prediction_type!r}")
         self.register_modules(net=net, scheduler=scheduler)
-        self.register_to_config(camera_name=camera.name, camera_response=camera.matrix.tolist(),
-                                wavelengths=list(camera.grid.wavelengths),
-                                default_denoising_steps=default_denoising_steps,
+        self.register_to_config(**camera_config(camera), default_denoising_steps=default_denoising_steps,
                                 default_processing_resolution=default_processing_resolution,
                                 default_ensemble_size=default_ensemble_size, project_rgb=project_rgb)
         self._camera = camera
@@ -114,8 +112,7 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
     def for_camera(cls, net: R2HDiffNet, scheduler: DDIMScheduler, camera: CameraResponse,
                    **defaults) -> "R2HDiffPipeline":
         """Build from a `CameraResponse` (what trainers hold) instead of its serialised parts."""
-        return cls(net=net, scheduler=scheduler, camera_name=camera.name, camera_response=camera.matrix.tolist(),
-                   wavelengths=list(camera.grid.wavelengths), **defaults)
+        return cls(net=net, scheduler=scheduler, **camera_config(camera), **defaults)
 
     @property
     def camera(self) -> CameraResponse:
@@ -137,12 +134,8 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
         return sample
 
     def project_onto_rgb(self, spectra: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
-        """ŝ ← Φ⁺c + N Nᵀŝ (N x B x H x W, N x 3 x H x W): keep what the camera cannot see, take the rest from c.
-
-        The closest spectrum to ŝ (in L2, per pixel) that renders to c. In float32, like the ULDM pipeline's
-        composition (the bases are float64 and cast): Φŝ = c to ~1e-7.
-        """
-        return self.split.compose(rgb.float(), self.split.unobservable(spectra.float(), dim=1), dim=1)
+        """`pipelines.common.project_onto_rgb` with this pipeline's camera."""
+        return project_onto_rgb(self.split, spectra, rgb)
 
     # ---------------------------------------------------------------------------------------------- call
     @torch.no_grad()

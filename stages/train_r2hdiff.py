@@ -51,7 +51,7 @@ from uldm.training import (
     full_model,
     resume,
     sample_pixels,
-    save_pretrained_atomic,
+    publish_pipeline,
     scene_paths,
     train_loop,
     validate_pipeline,
@@ -211,14 +211,8 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
     accelerator.wait_for_everyone()
     net = final_model(accelerator, net, ema)
     pipeline = build_pipeline(net.eval(), noise_scheduler, camera, config)
-    if accelerator.is_main_process:
-        folder = save_pretrained_atomic(pipeline, output_dir / "pipeline")
-        write_card(folder, config, step, pipeline)
-        accelerator.print(f"saved {folder} after {step} steps ({seconds:.0f} s this run)")
-        if config.push_to_hub:
-            from uldm.hub import push_folder
-
-            accelerator.print(f"pushed: {push_folder(folder, config.hub_model_id, private=config.hub_private)}")
+    publish_pipeline(accelerator, config, pipeline, lambda folder: write_card(folder, config, step, pipeline))
+    accelerator.print(f"{step} steps ({seconds:.0f} s this run)")
     accelerator.end_training()
     return pipeline
 

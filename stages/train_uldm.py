@@ -46,7 +46,7 @@ from uldm.training import (
     full_model,
     make_loader,
     resume,
-    save_pretrained_atomic,
+    publish_pipeline,
     scene_paths,
     stage_main,
     train_loop,
@@ -353,15 +353,9 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     unet = final_model(accelerator, unet, ema)
     pipeline = build_pipeline(unet.eval(), frozen_vae.to(torch.float32), noise_scheduler, speuae, empty_prompt,
                               code_prior, **pipeline_defaults(config))
-    if accelerator.is_main_process:
-        folder = save_pretrained_atomic(pipeline, output_dir / "pipeline")
-        accelerator.print(f"saved {folder} after {step} steps ({seconds:.0f} s this run, "
-                          f"{(step - first_step) * config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps / max(seconds, 1e-9):.2f} samples/s)")
-        write_card(folder, config, step)
-        if config.push_to_hub:
-            from uldm.hub import push_folder
-
-            accelerator.print(f"pushed: {push_folder(folder, config.hub_model_id, private=config.hub_private)}")
+    publish_pipeline(accelerator, config, pipeline, lambda folder: write_card(folder, config, step))
+    samples = (step - first_step) * config.train_batch_size * accelerator.num_processes * config.gradient_accumulation_steps
+    accelerator.print(f"{step} steps ({seconds:.0f} s this run, {samples / max(seconds, 1e-9):.2f} samples/s)")
     accelerator.end_training()
     return pipeline
 

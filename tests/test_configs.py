@@ -13,12 +13,13 @@ CONFIGS = sorted((REPO / "stages" / "configs").glob("*.yaml"))
 def config_class(name: str):
     from uldm.stages.pretrain_rgb import RGBPretrainConfig
     from uldm.stages.pretrain_spaae import SpaAEConfig
+    from uldm.stages.train_mstpp import MSTPPConfig
     from uldm.stages.train_r2hdiff import R2HDiffConfig
     from uldm.stages.train_speuae import SpeUAEConfig
     from uldm.stages.train_uldm import ULDMConfig
 
     prefixes = {"speuae_": SpeUAEConfig, "spaae_": SpaAEConfig, "uldm_": ULDMConfig, "r2hdiff_": R2HDiffConfig,
-                "rgb_pretrain_": RGBPretrainConfig}
+                "rgb_pretrain_": RGBPretrainConfig, "mstpp_": MSTPPConfig}
     matches = [cls for prefix, cls in prefixes.items() if name.startswith(prefix)]
     assert len(matches) == 1, f"{name}: no stage owns this config name"
     return matches[0]
@@ -33,7 +34,7 @@ def test_every_shipped_config_is_valid(path):
 
 def test_the_configs_cover_every_stage():
     assert {config_class(p.name).__name__ for p in CONFIGS} == {
-        "SpeUAEConfig", "SpaAEConfig", "ULDMConfig", "R2HDiffConfig", "RGBPretrainConfig"}
+        "SpeUAEConfig", "SpaAEConfig", "ULDMConfig", "R2HDiffConfig", "RGBPretrainConfig", "MSTPPConfig"}
 
 
 def test_accelerates_mixed_precision_wins_unless_the_config_sets_it(tmp_path, monkeypatch):

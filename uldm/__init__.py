@@ -4,7 +4,8 @@
     pipe = SpectralReconstructionPipeline.from_pretrained("checkpoints/uldm-cave")
     out = pipe(image)            # out.spectra, out.wavelengths, out.uncertainty
 
-`R2HDiffPipeline` (R2H-Diff, diffusion directly on the cube) has the same call and output.
+`R2HDiffPipeline` (R2H-Diff, diffusion directly on the cube) and `MSTPlusPlusPipeline` (MST++, the regression
+peer) have the same call and output.
 
 Heavy parts (models, pipelines) are imported lazily so `import uldm` and the CLI stay fast.
 """
@@ -26,8 +27,10 @@ _LAZY = {
     "SpectralReconstructionPipeline": ".pipelines.pipeline_spectral_reconstruction",
     "SpectralReconstructionOutput": ".pipelines.common",
     "R2HDiffPipeline": ".pipelines.pipeline_r2hdiff",
+    "MSTPlusPlusPipeline": ".pipelines.pipeline_mstpp",
     "SpeUAE": ".models.speuae",
     "R2HDiffNet": ".models.r2hdiff",
+    "MSTPlusPlus": ".models.mstpp",
     "PromptEmbedding": ".models.sd_adapter",
     "save_cube": ".io",
     "load_cube": ".io",

@@ -2,7 +2,8 @@
 pretrained TAESD family) and the helpers that adapt Stable Diffusion for stage 2, and the R2H-Diff denoiser."""
 
 from . import spaae
+from .mstpp import MSTPlusPlus
 from .r2hdiff import R2HDiffNet
 from .speuae import SpeUAE
 
-__all__ = ["R2HDiffNet", "SpeUAE", "spaae"]
+__all__ = ["MSTPlusPlus", "R2HDiffNet", "SpeUAE", "spaae"]

@@ -19,6 +19,22 @@ def save_pretrained_atomic(model, path: Path) -> Path:
     return Path(path)
 
 
+def publish_pipeline(accelerator, config: RunConfig, pipeline, write_card: Callable[[Path], object]) -> Optional[Path]:
+    """On the main process: the trained pipeline saved atomically to <output_dir>/pipeline, its model card written
+    by `write_card(folder)`, and pushed to the hub when the config says `push_to_hub` (with `hub_model_id`,
+    `hub_private`). Returns the folder (None on the other processes)."""
+    if not accelerator.is_main_process:
+        return None
+    folder = save_pretrained_atomic(pipeline, Path(config.output_dir) / "pipeline")
+    write_card(folder)
+    accelerator.print(f"saved {folder}")
+    if getattr(config, "push_to_hub", False):
+        from ..hub import push_folder
+
+        accelerator.print(f"pushed: {push_folder(folder, config.hub_model_id, private=config.hub_private)}")
+    return folder
+
+
 def full_model(accelerator, model: torch.nn.Module,
                rebuild: Optional[Callable[[torch.nn.Module], torch.nn.Module]] = None) -> torch.nn.Module:
     """The trained module with every weight present, for validation and the final save.
