@@ -123,10 +123,11 @@ def measure_costs(model: Any, steps: Optional[int], ensemble: Optional[int], siz
     row: dict[str, Any] = {"parameters": count_parameters(model)}
     if isinstance(model, PipelineReconstructor):
         config = model.pipeline.config
-        steps = steps or config.default_denoising_steps
-        ensemble = ensemble or config.default_ensemble_size
-        one = pipeline_flops(model, rgb, 1, 1)
-        row["gflops_per_step"] = (pipeline_flops(model, rgb, 2, 1) - one) / 1e9
+        steps = steps or config.get("default_denoising_steps", 1)  # a regression network (MST++) has one pass
+        ensemble = ensemble or config.get("default_ensemble_size", 1)
+        if "default_denoising_steps" in config:
+            one = pipeline_flops(model, rgb, 1, 1)
+            row["gflops_per_step"] = (pipeline_flops(model, rgb, 2, 1) - one) / 1e9
         row["gflops_by_module"] = {}
         row["gflops_per_image"] = pipeline_flops(model, rgb, steps, ensemble, row["gflops_by_module"]) / 1e9
         row.update(steps=steps, ensemble=ensemble)

@@ -132,3 +132,22 @@ def test_bad_configs_fail_before_any_data_is_read(tmp_path, tiny_cave_root):
         load_config(MSTPPConfig, write_config(tmp_path, tiny_cave_root, patch_size=12))
     with pytest.raises(ConfigError, match="one count per level"):
         load_config(MSTPPConfig, write_config(tmp_path, tiny_cave_root, blocks=[1, 1]))
+
+
+def test_the_peers_benchmark_scores_every_model_beside_the_baseline(pipeline, tmp_path, tiny_cave_root, load_benchmark):
+    import json
+
+    run = tmp_path / "run"
+    pipeline.save_pretrained(run / "pipeline")
+    (run / "logs").mkdir()
+    (run / "logs" / "run_summary.json").write_text(json.dumps([{"from_step": 0, "to_step": 10, "samples": 80,
+                                                                "seconds": 60.0, "device": "CPU, 2 threads"}]))
+    peers = load_benchmark("peers")
+    assert peers.main(["--std", f"mstpp={run / 'pipeline'}", "--data", str(tiny_cave_root), "--cost-size", "32",
+                       "--json", str(tmp_path / "peers.json")]) == 0
+    result = json.loads((tmp_path / "peers.json").read_text())
+    rows = result["splits"]["std"]["rows"]
+    assert result["splits"]["std"]["val_scenes"] == ["balloons_ms"] and set(rows) == {"mstpp", "root-polynomial baseline"}
+    assert rows["mstpp"]["steps"] == 10 and rows["mstpp"]["train_minutes"] == 1.0
+    assert result["costs"]["mstpp"]["parameters"] == sum(p.numel() for p in pipeline.net.parameters())
+    assert result["costs"]["root-polynomial baseline"]["parameters"] == 7 * 31
