@@ -77,12 +77,13 @@ def test_every_table_matches_its_json(load_benchmark):
 def test_every_config_key_is_documented():
     from uldm.stages.pretrain_rgb import RGBPretrainConfig
     from uldm.stages.pretrain_spaae import SpaAEConfig
+    from uldm.stages.train_mstpp import MSTPPConfig
     from uldm.stages.train_r2hdiff import R2HDiffConfig
     from uldm.stages.train_speuae import SpeUAEConfig
     from uldm.stages.train_uldm import ULDMConfig
 
     training = (REPO / "docs" / "training.md").read_text()
-    for config in (SpeUAEConfig, SpaAEConfig, RGBPretrainConfig, ULDMConfig, R2HDiffConfig):
+    for config in (SpeUAEConfig, SpaAEConfig, RGBPretrainConfig, ULDMConfig, R2HDiffConfig, MSTPPConfig):
         missing = [f.name for f in dataclasses.fields(config) if f"`{f.name}`" not in training]
         assert not missing, f"{config.__name__}: keys not in docs/training.md: {missing}"
 
