@@ -231,7 +231,7 @@ def train(config: RGBPretrainConfig, resume_from: Optional[str] = None):
     optimizer = torch.optim.AdamW(unet.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     lr_scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
     unet, optimizer, loader, lr_scheduler = accelerator.prepare(unet, optimizer, loader, lr_scheduler)
-    ema = build_ema(accelerator, config, unet)
+    ema = build_ema(accelerator, config, unet, "unet")
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
     step = resume(accelerator, output_dir, resume_from)

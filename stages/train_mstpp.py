@@ -110,7 +110,7 @@ def train(config: MSTPPConfig, resume_from: Optional[str] = None) -> MSTPlusPlus
                                   weight_decay=config.adam_weight_decay)
     lr_scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
     net, optimizer, loader, lr_scheduler = accelerator.prepare(net, optimizer, loader, lr_scheduler)
-    ema = build_ema(accelerator, config, net)
+    ema = build_ema(accelerator, config, net, "net")
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
     step = resume(accelerator, output_dir, resume_from)

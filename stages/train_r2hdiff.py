@@ -164,7 +164,7 @@ def train(config: R2HDiffConfig, resume_from: Optional[str] = None) -> R2HDiffPi
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     lr_scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
     net, optimizer, loader, lr_scheduler = accelerator.prepare(net, optimizer, loader, lr_scheduler)
-    ema = build_ema(accelerator, config, net)  # None unless use_ema
+    ema = build_ema(accelerator, config, net, "net")  # None unless use_ema
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
 

@@ -149,7 +149,7 @@ def train(config: SpeUAEConfig, resume_from: Optional[str] = None) -> SpeUAE:
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.learning_rate, weight_decay=config.adam_weight_decay)
     scheduler = build_scheduler(config, optimizer, accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
-    ema = build_ema(accelerator, config, model)  # None unless use_ema
+    ema = build_ema(accelerator, config, model, "speuae")  # None unless use_ema
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))
 

@@ -303,7 +303,7 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     prepared = accelerator.prepare(*trainable, optimizer, loader, lr_scheduler)
     models, (optimizer, loader, lr_scheduler) = list(prepared[:len(trainable)]), prepared[len(trainable):]
     unet = models[0]
-    ema = build_ema(accelerator, config, unet)  # None unless use_ema
+    ema = build_ema(accelerator, config, unet, "unet")  # None unless use_ema
     text = empty_prompt.embedding.to(accelerator.device, dtype=torch.float32)
     if accelerator.is_main_process:
         accelerator.init_trackers(config.tracker_project_name, config=config_dict(config))

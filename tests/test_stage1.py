@@ -276,11 +276,27 @@ def test_model_ema_averages_swaps_in_and_restores():
         assert ((value > 0.5) & (value < 1)).all()
     half = ModelEMA(torch.nn.Linear(3, 2).to(torch.bfloat16), decay=0.5, device=torch.device("cpu"))
     assert all(p.dtype == torch.float32 for p in half.average.shadow_params)  # the average stays in float32
-    copy = ModelEMA(torch.nn.Linear(3, 2), decay=0.5, device=torch.device("cpu"))
-    copy.load_state_dict(ema.state_dict())  # what a checkpoint carries
-    other = torch.nn.Linear(3, 2)
-    copy.copy_to(other)
-    assert all(torch.equal(other.state_dict()[k], averaged[k]) for k in averaged)
+
+
+
+def test_model_ema_is_a_model_folder_that_continues_exactly(tmp_path):
+    from uldm.training import ModelEMA
+
+    torch.manual_seed(0)
+    model = SpeUAE(**SMALL)
+    ema = ModelEMA(model, decay=0.9, device=torch.device("cpu"))
+    for _ in range(3):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(0.1)
+        ema.step()
+    ema.save_pretrained(tmp_path / "speuae_ema", model)  # what a checkpoint carries
+    saved = SpeUAE.from_pretrained(tmp_path / "speuae_ema")  # a model folder like any other
+    copy = ModelEMA(SpeUAE(**SMALL), decay=0.9, device=torch.device("cpu"))
+    copy.load_pretrained(tmp_path / "speuae_ema", model)
+    assert copy.average.optimization_step == ema.average.optimization_step == 3
+    for a, b, c in zip(saved.parameters(), ema.average.shadow_params, copy.average.shadow_params):
+        assert torch.equal(a, b) and torch.equal(b, c)
 
 
 def test_mixed_patches_are_convex_mixtures_with_consistent_rgb():

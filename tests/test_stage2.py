@@ -117,6 +117,20 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path, tiny_sd_dir, tiny_s
 
 
 @pytest.mark.slow
+def test_checkpoints_hold_the_weight_average_as_a_unet_folder_like_diffusers_examples(tmp_path, tiny_sd_dir,
+                                                                                     tiny_speuae_dir, tiny_cave_root):
+    from diffusers import UNet2DConditionModel
+
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root))
+    final = train(config).unet.state_dict()  # the pipeline holds the average
+    checkpoint = Path(config.output_dir) / "checkpoint-4"
+    average = UNet2DConditionModel.from_pretrained(checkpoint, subfolder="unet_ema")
+    for name, tensor in average.state_dict().items():
+        torch.testing.assert_close(tensor, final[name], rtol=0, atol=0, msg=name)
+    assert not list(checkpoint.glob("custom_checkpoint_*.pkl"))  # no pickle for it
+
+
+@pytest.mark.slow
 def test_vae_decoder_fine_tuning_changes_only_the_decoder(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
     from diffusers import AutoencoderKL
 

@@ -61,9 +61,13 @@ def full_model(accelerator, model: torch.nn.Module,
 class ModelEMA:
     """An exponential moving average of a trained model's weights (`use_ema`), for validation and the final save.
 
-    Averaging damps the step-to-step noise of small-batch training. Registered with accelerate, it is saved in
-    every checkpoint (as diffusers' EMAModel state) and restored on resume, on the training device.
+    Averaging damps the step-to-step noise of small-batch training. Checkpoints hold it as the diffusers training
+    examples do: a model folder `<name>_ema/` (`save_pretrained` of the averaged weights, float32, plus the
+    average's own state in `ema_state.json`), so `UNet2DConditionModel.from_pretrained(checkpoint,
+    subfolder="unet_ema")` loads it; `build_ema` registers the save and load hooks, and a resumed run continues it.
     """
+
+    STATE_FILE = "ema_state.json"
 
     def __init__(self, trained: torch.nn.Module, decay: float, device: torch.device) -> None:
         from diffusers.training_utils import EMAModel
@@ -92,16 +96,35 @@ class ModelEMA:
         finally:
             self.average.restore(model.parameters())
 
-    def state_dict(self) -> dict:
-        return self.average.state_dict()
+    def averaged_model(self, template: torch.nn.Module) -> torch.nn.Module:
+        """A new float32 model of `template`'s class and config holding the averaged weights."""
+        model = type(template).from_config(template.config).float()
+        self.average.copy_to(model.parameters())
+        return model
 
-    def load_state_dict(self, state: dict) -> None:
+    def save_pretrained(self, folder: Path, template: torch.nn.Module) -> None:
+        """The averaged weights as a model folder (`template`: the unwrapped trained model), and the average's
+        state (step count, decay) beside them."""
+        import json
+
+        self.averaged_model(template).save_pretrained(str(folder))
+        state = {k: v for k, v in self.average.state_dict().items() if k != "shadow_params"}
+        (Path(folder) / self.STATE_FILE).write_text(json.dumps(state, indent=2, default=float))
+
+    def load_pretrained(self, folder: Path, template: torch.nn.Module) -> None:
+        """Continue the average saved by `save_pretrained`."""
+        import json
+
+        loaded = type(template).from_pretrained(str(folder)).float()
+        state = {**self.average.state_dict(), **json.loads((Path(folder) / self.STATE_FILE).read_text()),
+                 "shadow_params": [p.detach().clone() for p in loaded.parameters()]}
         self.average.load_state_dict(state)
-        self.average.to(self.device)  # accelerate hands the state over on the CPU
+        self.average.to(self.device)
 
 
-def build_ema(accelerator, config: RunConfig, trained: torch.nn.Module) -> Optional[ModelEMA]:
-    """The ModelEMA of `trained` (the prepared model) when `config.use_ema`, registered for checkpoints; else None.
+def build_ema(accelerator, config: RunConfig, trained: torch.nn.Module, name: str) -> Optional[ModelEMA]:
+    """The ModelEMA of `trained` (the prepared model) when `config.use_ema`, saved in every checkpoint as
+    `<name>_ema/` and restored on resume (accelerate's save / load state hooks); else None.
 
     Call it after `accelerator.prepare` and before `resume`, so a resumed run continues its average.
     """
@@ -113,7 +136,17 @@ def build_ema(accelerator, config: RunConfig, trained: torch.nn.Module) -> Optio
         raise ConfigError("use_ema is not supported under FSDP (each process holds a shard of the model); "
                           "use DDP or DeepSpeed ZeRO-2, or set use_ema: false")
     ema = ModelEMA(trained, config.ema_decay, accelerator.device)
-    accelerator.register_for_checkpointing(ema)
+    folder = f"{name}_ema"
+
+    def save_hook(models, weights, output_dir) -> None:
+        if accelerator.is_main_process:
+            ema.save_pretrained(Path(output_dir) / folder, accelerator.unwrap_model(trained))
+
+    def load_hook(models, input_dir) -> None:
+        ema.load_pretrained(Path(input_dir) / folder, accelerator.unwrap_model(trained))
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
     return ema
 
 
