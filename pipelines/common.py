@@ -24,6 +24,8 @@ from PIL import Image
 
 from uldm.images import load_linear_rgb
 
+from .remote_code import holds_only_uldm_reexports, write_remote_code
+
 ImageInput = Union[Image.Image, np.ndarray, torch.Tensor, str, Path, list]
 GeneratorInput = Optional[Union[torch.Generator, list[torch.Generator]]]
 
@@ -236,6 +238,8 @@ class SpectralPipelineMixin:
 
         folder = resolve_pretrained(str(pretrained_model_name_or_path), revision=revision, cache_dir=cache_dir,
                                     local_files_only=local_files_only, token=token)
+        if "trust_remote_code" not in kwargs and holds_only_uldm_reexports(folder, cls):
+            kwargs["trust_remote_code"] = True  # the folder's code files only import uldm (pipelines.remote_code)
         pipeline = super().from_pretrained(str(folder), **dtype_argument_for_diffusers(kwargs))
         realign_weights(*(c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)))
         return pipeline
@@ -244,23 +248,45 @@ class SpectralPipelineMixin:
         """One line for the model card: what the components are (overridden by each pipeline)."""
         return type(self).__name__
 
+    def save_pretrained(self, save_directory: Union[str, Path], *, push_to_hub: bool = False, **kwargs: Any) -> None:
+        """diffusers' save, plus the files that let `diffusers.DiffusionPipeline.from_pretrained(...,
+        trust_remote_code=True)` load the folder (`pipelines.remote_code`). With `push_to_hub=True` (and diffusers'
+        `repo_id`, `token`, `private`, `create_pr`, `commit_message`) the folder is then uploaded with uldm's model
+        card, as `push_to_hub` does."""
+        hub_options = {key: kwargs.pop(key) for key in ("repo_id", "token", "private", "create_pr", "commit_message")
+                       if key in kwargs}
+        super().save_pretrained(str(save_directory), **kwargs)
+        write_remote_code(save_directory, type(self))
+        if push_to_hub:
+            repo_id = hub_options.pop("repo_id", Path(save_directory).name)
+            self._publish_folder(Path(save_directory), repo_id, **hub_options)
+
     def push_to_hub(self, repo_id: str, *, metrics: Optional[dict[str, float]] = None, description: str = "",
                     private: bool = False, token: Optional[str] = None, revision: Optional[str] = None,
-                    commit_message: Optional[str] = None) -> str:
+                    commit_message: Optional[str] = None, create_pr: bool = False) -> str:
         """Save to a temporary folder with a model card (camera, metrics, what it was trained on), then upload it."""
         import tempfile
 
+        with tempfile.TemporaryDirectory() as tmp:
+            self.save_pretrained(tmp)
+            return self._publish_folder(Path(tmp), repo_id, metrics=metrics, description=description, private=private,
+                                        token=token, revision=revision, commit_message=commit_message,
+                                        create_pr=create_pr)
+
+    def _publish_folder(self, folder: Path, repo_id: str, *, metrics: Optional[dict[str, float]] = None,
+                        description: str = "", private: Optional[bool] = None, token: Optional[str] = None,
+                        revision: Optional[str] = None, commit_message: Optional[str] = None,
+                        create_pr: bool = False) -> str:
+        """Write uldm's model card into a saved `folder` (unless it has one) and upload the folder."""
         from uldm.hub import push_folder, write_model_card
 
         name = type(self).__name__
-        with tempfile.TemporaryDirectory() as tmp:
-            self.save_pretrained(tmp)
-            write_model_card(tmp, title=f"{self.model_card_name}: {repo_id}", pipeline_class=name,
+        if not (folder / "README.md").exists():
+            write_model_card(folder, title=f"{self.model_card_name}: {repo_id}", pipeline_class=name,
                              description=description or f"A uldm {name} (RGB -> {self.camera.num_bands}-band spectra).",
                              metrics=metrics, camera=self.camera.name, training=self.model_card_training())
-            return push_folder(tmp, repo_id, token=token, private=private, revision=revision,
-                               commit_message=commit_message or f"Upload {name}")
-
+        return push_folder(folder, repo_id, token=token, private=bool(private), revision=revision,
+                           commit_message=commit_message or f"Upload {name}", create_pr=create_pr)
 
 __all__ = [
     "DEFAULT_CAMERA",

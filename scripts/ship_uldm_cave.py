@@ -19,8 +19,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from uldm import SpectralReconstructionPipeline
 from uldm.hub import write_model_card
 from uldm.io import atomic_folder
+from uldm.pipelines.remote_code import write_remote_code
 
 ARM_NAMES = {"a": "nothing pretrained", "b": "pretrained SpaAE", "c": "pretrained SpaAE + RGB-pretrained UNet"}
 
@@ -144,6 +146,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         index = json.loads(index_path.read_text())
         index["default_processing_resolution"] = args.processing_resolution
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+        write_remote_code(tmp, SpectralReconstructionPipeline)  # diffusers' generic from_pretrained loads it too
         write_model_card(tmp, title="ULDM on CAVE from pretrained RGB components", description=description,
                          metrics=metrics, camera="Nikon 5100 (NPL)", training=training, tags=["cave", "taesd"])
     print(f"shipped {args.pipeline} as {args.destination}")

@@ -183,6 +183,10 @@ def _use_hub(monkeypatch: pytest.MonkeyPatch, endpoint: str, home: Path) -> None
             monkeypatch.setattr(constants, name, value)
     _setattr_if_loaded(monkeypatch, "huggingface_hub.utils._cache_manager", "HF_HUB_CACHE", str(cache))
     _setattr_if_loaded(monkeypatch, "huggingface_hub.utils._cache_assets", "HF_ASSETS_CACHE", str(home / "assets"))
+    # the module-level HfApi behind `huggingface_hub.model_info` & co. (diffusers calls those) took the endpoint at import
+    from huggingface_hub import hf_api
+
+    monkeypatch.setattr(hf_api.api, "endpoint", endpoint)
     # diffusers keeps its own copies (used in its messages and offline checks)
     _setattr_if_loaded(monkeypatch, "diffusers.utils.constants", "HUGGINGFACE_CO_RESOLVE_ENDPOINT", endpoint)
     _setattr_if_loaded(monkeypatch, "diffusers.utils.hub_utils", "HUGGINGFACE_CO_RESOLVE_ENDPOINT", endpoint)

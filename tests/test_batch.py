@@ -238,3 +238,27 @@ def test_uldm_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["--version"])
     assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"uldm {__version__}"
+
+
+def test_dash_o_is_output_in_every_command_and_names_where_it_writes():
+    """`-o` is `--output` wherever it exists, and no command uses `--output` for anything else (relight's colour
+    space is `--space`)."""
+    import argparse
+
+    from uldm.cli import build_parser
+
+    def walk(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    yield from walk(sub)
+
+    checked = 0
+    for parser in walk(build_parser()):
+        for action in parser._actions:
+            if "-o" in action.option_strings or "--output" in action.option_strings:
+                assert set(action.option_strings) == {"-o", "--output"}, (parser.prog, action.option_strings)
+                assert action.choices is None and action.type is Path, parser.prog
+                checked += 1
+    assert checked >= 4  # baseline fit, reconstruct, relight, pull

@@ -224,7 +224,7 @@ def test_cli_relight_writes_a_png_of_the_input_size(photo, tmp_path, capsys):
     assert "relit.png" in capsys.readouterr().out
     srgb = tmp_path / "srgb.png"
     assert main(["relight", str(photo), "--to", "F11", "--from", "D65", "-o", str(srgb),
-                 "--output", "srgb", "--white-balance"]) == 0
+                 "--space", "srgb", "--white-balance"]) == 0
     assert srgb.exists()
 
 

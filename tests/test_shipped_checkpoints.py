@@ -41,3 +41,17 @@ def test_evaluating_one_scene_file_needs_its_format(tmp_path, capsys):
     assert main(["evaluate", "--data", str(SAMPLE_TRUTH), "--checkpoint",
                  str(REPO / "checkpoints" / "baseline-rootpoly-nikon5100.npz")]) == 2
     assert "colorchecker_truth.h5: a CAVE scene is a folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("checkpoint", ["uldm-cave", "r2hdiff-cave"])
+def test_the_shipped_pipelines_load_through_diffusers_generic_entry_point(checkpoint):
+    """Their code files are uldm's one-line re-exports (so uldm's own loader trusts them), and diffusers' generic
+    `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` builds the same pipeline class."""
+    from diffusers import DiffusionPipeline
+
+    from uldm.pipelines.remote_code import holds_only_uldm_reexports
+
+    folder = REPO / "checkpoints" / checkpoint
+    pipeline = DiffusionPipeline.from_pretrained(folder, trust_remote_code=True)
+    assert holds_only_uldm_reexports(folder, type(pipeline))
+    assert type(pipeline).__module__.startswith("uldm.pipelines.")

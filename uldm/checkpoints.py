@@ -49,18 +49,30 @@ class PipelineReconstructor:
         return self.predict(rgb)[0]
 
 
-def default_checkpoint() -> Path:
+def default_checkpoint() -> Union[str, Path]:
+    """What `--checkpoint` means when it is not given: `$ULDM_CHECKPOINT` (a folder, a .npz or a hub id) when set,
+    else the best model in the repository's checkpoints/ folder. A wheel install carries no weights (they are not
+    package data: tens of MB), so there the error says what to give instead."""
+    import os
+
+    if os.environ.get("ULDM_CHECKPOINT"):
+        return os.environ["ULDM_CHECKPOINT"]
     for name in DEFAULT_CHECKPOINTS:
         if (CHECKPOINTS_DIR / name).exists():
             return CHECKPOINTS_DIR / name
-    raise FileNotFoundError(f"no shipped checkpoint found in {CHECKPOINTS_DIR} (looked for {DEFAULT_CHECKPOINTS})")
+    raise FileNotFoundError(
+        f"no default checkpoint: {CHECKPOINTS_DIR} holds none of {list(DEFAULT_CHECKPOINTS)} (uldm installed from a "
+        "wheel carries no weights). Pass --checkpoint FOLDER, FILE.npz or ORG/NAME (a hub repo), set ULDM_CHECKPOINT "
+        "to one of those, or run from a clone of the repository, whose checkpoints/ folder holds the shipped models.")
 
 
 def pipeline_class_name(folder: Path) -> Optional[str]:
-    """The class a saved pipeline's model_index.json names (OSError if there is none, ValueError if unreadable)."""
+    """The class a saved pipeline's model_index.json names (OSError if there is none, ValueError if unreadable);
+    `_class_name` may be diffusers' [custom-code file, class] pair (`uldm.pipelines.remote_code`)."""
     import json
 
-    return json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
+    name = json.loads((Path(folder) / "model_index.json").read_text()).get("_class_name")
+    return name[-1] if isinstance(name, list) and name else name
 
 
 def load_pipeline(spec: Union[str, Path], *, revision: Optional[str] = None, cache_dir: Optional[str] = None,
@@ -91,7 +103,7 @@ def load_reconstructor(spec: Optional[Union[str, Path]] = None, steps: Optional[
 
     `steps`, `ensemble`, `seed` and `processing_resolution` apply to diffusion pipelines (None: their defaults).
     """
-    path = Path(spec) if spec is not None else default_checkpoint()
+    path = Path(spec if spec is not None else default_checkpoint())
     if path.suffix == ".npz":
         from .baseline import RootPolynomialRegression
 

@@ -247,19 +247,20 @@ def add_relight(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "relight", help="re-render a photo under another illuminant through its reconstructed spectra",
         description="Reconstruct spectra from INPUT, then render them as the camera (or the CIE observer, "
-                    "--output srgb) would see the scene under --to. `uldm relight --list` names the illuminants.",
+                    "--space srgb) would see the scene under --to. `uldm relight --list` names the illuminants.",
     )
     parser.add_argument("input", nargs="?", type=Path, metavar="INPUT", help="the photo (PNG/JPEG/BMP/TIFF, 8 or 16 bit)")
     parser.add_argument("--to", metavar="ILLUMINANT", help="illuminant to relight under: a name (D65, A, FL11/F11, LED-B1, ...) or a CSV wavelength,power")
     parser.add_argument("--from", dest="from_", default="E", metavar="ILLUMINANT",
                         help="illuminant the photo was taken under (default: E, how uldm's training RGB is rendered)")
-    parser.add_argument("-o", dest="destination", type=Path, metavar="OUT.png", help="where to write the relit 8-bit sRGB PNG")
+    parser.add_argument("-o", "--output", dest="destination", type=Path, metavar="OUT.png",
+                        help="where to write the relit 8-bit PNG")
     add_model_arguments(parser)
     parser.add_argument("--input-space", choices=["srgb", "linear"], default="srgb",
                         help="how the image values are encoded (default: srgb, as ordinary photos are)")
-    parser.add_argument("--output", choices=["camera", "srgb"], default="camera",
+    parser.add_argument("--space", choices=["camera", "srgb"], default="camera",
                         help="colour space of the rendering: the model's camera RGB, encoded like the input "
-                             "(default), or sRGB through the CIE 1931 observer. -o names the file")
+                             "(default), or sRGB through the CIE 1931 observer")
     parser.add_argument("--white-balance", action="store_true",
                         help="remove the light's colour cast, as an auto-white-balanced camera would")
     parser.add_argument("--list", action="store_true", help="print the illuminant names and exit")
@@ -287,9 +288,9 @@ def run_relight(args: argparse.Namespace) -> int:
         load_illuminant(spec, model.camera.grid)
     rgb = load_linear_rgb(args.input, args.input_space)
     relit = relight(model(rgb), model.camera.grid.as_array(), args.to, from_=args.from_, camera=model.camera,
-                    output=args.output, white_balance=args.white_balance)
+                    output=args.space, white_balance=args.white_balance)
     save_srgb_png(args.destination, relit)
-    print(f"{args.input} -> {args.destination} (from {args.from_} to {args.to}, {args.output} RGB"
+    print(f"{args.input} -> {args.destination} (from {args.from_} to {args.to}, {args.space} RGB"
           f"{', white-balanced' if args.white_balance else ''})")
     return 0
 
@@ -355,7 +356,8 @@ SUBCOMMANDS = (add_info, add_reconstruct, add_evaluate, add_relight, add_baselin
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="uldm", description="RGB-to-hyperspectral reconstruction (ULDM)")
+    parser = argparse.ArgumentParser(prog="uldm", description="RGB-to-hyperspectral reconstruction (ULDM). In every "
+                                     "command, -o/--output names where the command writes its result.")
     parser.add_argument("--version", action="version", version=f"uldm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for add in SUBCOMMANDS:

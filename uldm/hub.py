@@ -350,7 +350,10 @@ def _card_body(title: str, description: str, metrics: Mapping[str, Any], camera:
     lines += ["## Usage", "", "With `uldm` installed (`pip install uldm`):", "", "```python",
               f"from uldm import {pipeline_class}", "",
               f"pipe = {pipeline_class}.from_pretrained(\"<this repo id or folder>\")",
-              "out = pipe(\"photo.png\")     # sRGB photo in; out.spectra: 1 x H x W x 31 (400-700 nm)", "```", ""]
+              "out = pipe(\"photo.png\")     # sRGB photo in; out.spectra: 1 x H x W x 31 (400-700 nm)", "```", "",
+              "diffusers' generic entry point loads it too: `DiffusionPipeline.from_pretrained(\"<repo id or folder>\", "
+              "trust_remote_code=True)`. The code it runs is the repo's `uldm_pipeline.py` and one file per uldm "
+              "component, each a single import from the installed uldm.", ""]
     return "\n".join(lines)
 
 
