@@ -17,12 +17,7 @@ from uldm.pipelines.remote_code import ENTRY_MODULE
 RGB = np.random.default_rng(0).random((16, 16, 3)).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_r2hdiff() -> R2HDiffPipeline:

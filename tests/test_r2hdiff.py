@@ -29,14 +29,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """These tensors are tiny: a second thread only adds synchronisation, and on a busy 2-core machine it made
-    the optimisation test 8x slower (3 s instead of 0.4 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def _perturbed(model: nn.Module, seed: int = 0) -> nn.Module:

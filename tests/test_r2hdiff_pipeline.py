@@ -24,13 +24,7 @@ TINY = {
 }
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """Tiny tensors: a second thread only adds synchronisation on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def tiny_network(seed: int = 0) -> R2HDiffNet:
