@@ -8,6 +8,7 @@ leaves a truncated cube behind (nor clobbers an older one).
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import uuid
@@ -239,13 +240,22 @@ def save_cube(
     return path
 
 
-def _hdf5_image(cube: np.ndarray, wavelengths: np.ndarray, attrs: dict[str, Any],
-                extra: Mapping[str, np.ndarray]) -> bytes:
-    """The bytes of the HDF5 file, built in memory: the library never writes to disk itself, so a full disk is an
-    ordinary Python OSError on the write that follows (libhdf5 could crash the process on it)."""
+@contextlib.contextmanager
+def _hdf5_in_memory(userblock_size: int = 0) -> Iterator[tuple[Any, io.BytesIO]]:
+    """(h5py File, its bytes): an HDF5 file built in memory, so libhdf5 never writes to disk itself (a failed write
+    inside it, on a full disk, can crash the process) and a full disk is an ordinary Python OSError when the bytes
+    are written. One copy of the (compressed) file is held, in the BytesIO: `buffer.getbuffer()` writes it out."""
     import h5py
 
-    with h5py.File(f"cube-{uuid.uuid4().hex}.h5", "w", driver="core", backing_store=False) as f:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w", userblock_size=userblock_size) as f:
+        yield f, buffer
+
+
+def _hdf5_image(cube: np.ndarray, wavelengths: np.ndarray, attrs: dict[str, Any],
+                extra: Mapping[str, np.ndarray]) -> memoryview:
+    """The bytes of the HDF5 file (`_hdf5_in_memory`)."""
+    with _hdf5_in_memory() as (f, buffer):
         f.create_dataset("cube", data=cube, compression="gzip", compression_opts=4, shuffle=True)
         f.create_dataset("wavelengths", data=wavelengths)
         for name, data in extra.items():
@@ -255,24 +265,26 @@ def _hdf5_image(cube: np.ndarray, wavelengths: np.ndarray, attrs: dict[str, Any]
                 f.attrs[key] = value
             except (TypeError, ValueError) as exc:
                 raise CubeFileError(f"attribute {key!r}: HDF5 cannot store {value!r} ({exc})") from exc
-        f.flush()
-        return f.id.get_file_image()
+    return buffer.getbuffer()
 
 
-def _mat_v73_image(cube: np.ndarray, wavelengths: np.ndarray, extra: Mapping[str, np.ndarray]) -> bytes:
-    """A MATLAB v7.3 file in memory: MATLAB stores arrays column-major, so an H x W x B array is B x W x H in HDF5."""
-    import h5py
-
-    with h5py.File(f"cube-{uuid.uuid4().hex}.mat", "w", driver="core", backing_store=False, userblock_size=512) as f:
+def _mat_v73_image(cube: np.ndarray, wavelengths: np.ndarray, extra: Mapping[str, np.ndarray]) -> memoryview:
+    """A MATLAB v7.3 file in memory: MATLAB stores arrays column-major, so an H x W x B array is B x W x H in HDF5
+    (written a band at a time: no transposed copy of the cube); MATLAB's header fills the 512-byte user block."""
+    with _hdf5_in_memory(userblock_size=512) as (f, buffer):
         for name, data in {"cube": cube, **extra}.items():
-            dataset = f.create_dataset(name, data=np.ascontiguousarray(np.transpose(data, (2, 1, 0))),
+            height, width, bands = data.shape
+            dataset = f.create_dataset(name, shape=(bands, width, height), dtype=np.float32,
+                                       chunks=(1, min(width, 256), min(height, 256)),
                                        compression="gzip", compression_opts=4, shuffle=True)
+            for band in range(bands):
+                dataset[band] = data[..., band].T
             dataset.attrs["MATLAB_class"] = np.bytes_("single")
-        bands = f.create_dataset("bands", data=wavelengths.reshape(1, -1).T.copy())  # 1 x B in MATLAB
-        bands.attrs["MATLAB_class"] = np.bytes_("double")
-        f.flush()
-        image = f.id.get_file_image()  # from the superblock on: the user block is not in the image
-    return MAT_V73_HEADER.ljust(512, b"\x00") + image
+        bands_dataset = f.create_dataset("bands", data=wavelengths.reshape(1, -1).T.copy())  # 1 x B in MATLAB
+        bands_dataset.attrs["MATLAB_class"] = np.bytes_("double")
+    image = buffer.getbuffer()
+    image[:512] = MAT_V73_HEADER.ljust(512, b"\x00")
+    return image
 
 
 def envi_data_path(header: Path) -> Path:
