@@ -139,12 +139,28 @@ def training_table() -> str:
     return head + _rows(["step", "held-out loss (fixed noise and timesteps)"], rows)
 
 
+LARGE_IMAGES = (("large_images_baseline.json", "root-polynomial baseline"),
+                ("large_images_uldm.json", "ULDM `checkpoints/uldm-cave` (diffusion at 512, the rest at full size)"))
+
+
+def large_images_table() -> str:
+    """docs/results.md: peak memory and seconds of `uldm reconstruct` at 1, 4 and 12 MP (large_images.py)."""
+    rows = []
+    for name, label in LARGE_IMAGES:
+        data = _json(name)
+        for row in data["rows"]:
+            rows.append([label, f"{row['width']} x {row['height']}", f"{row['megapixels']:.1f}",
+                         f"{row['seconds']:.1f}", f"{row['peak_rss_gib']:.2f}"])
+    return _rows(["model", "image", "MP", "seconds (model loading included)", "peak memory (GiB)"], rows)
+
+
 TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
     "results": (REPO / "README.md", results_table),
     "spaae-roundtrip": (REPO / "docs" / "results.md", roundtrip_table),
     "ablation": (REPO / "docs" / "results.md", ablation_table),
     "ablation-costs": (REPO / "docs" / "results.md", costs_table),
     "rgb-pretrain": (REPO / "docs" / "results.md", training_table),
+    "large-images": (REPO / "docs" / "results.md", large_images_table),
 }
 
 
