@@ -359,6 +359,43 @@ def test_one_cpu_thread_under_accelerate_launch_is_warned_about(monkeypatch, cap
         assert ("--num_cpu_threads_per_process 4" in caplog.text) == warned
 
 
+def test_accelerate_launch_cpu_with_several_processes_is_warned_about(caplog):
+    from types import SimpleNamespace
+
+    from uldm.training.runtime import requested_processes, warn_if_launch_asked_for_more_processes
+
+    launch = ["/venv/bin/accelerate", "launch", "--cpu", "--num_processes", "2", "stages/train_speuae.py"]
+    assert requested_processes(launch) == 2
+    assert requested_processes(["accelerate", "launch", "--num-processes=3", "x.py"]) == 3
+    assert requested_processes(["python", "stages/train_speuae.py", "--num_processes", "2"]) == 1  # not a launcher
+    one = SimpleNamespace(device=torch.device("cpu"), num_processes=1)
+    warn_if_launch_asked_for_more_processes(one, launch)
+    assert "asked for 2 processes but started 1" in caplog.text and "--multi_gpu --num_processes 2" in caplog.text
+    caplog.clear()
+    warn_if_launch_asked_for_more_processes(SimpleNamespace(device=torch.device("cpu"), num_processes=2), launch)
+    assert caplog.text == ""
+
+
+@pytest.mark.slow
+def test_accelerate_launch_cpu_really_starts_one_process_and_the_warning_says_so(tmp_path):
+    """The real launcher: `accelerate launch --cpu --num_processes 2` runs the script once; the warning fires."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "probe.py"
+    script.write_text("from accelerate import Accelerator\n"
+                      "from uldm.training.runtime import warn_if_launch_asked_for_more_processes\n"
+                      "accelerator = Accelerator(cpu=True)\n"
+                      "print('process', accelerator.process_index, 'of', accelerator.num_processes)\n"
+                      "warn_if_launch_asked_for_more_processes(accelerator)\n")
+    result = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+                             "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", str(script)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("process 0 of 1") == 1
+    assert "asked for 2 processes but started 1" in result.stderr
+
+
 def test_bad_ema_and_augmentation_settings_are_refused(tmp_path, tiny_cave_root):
     with pytest.raises(ConfigError, match="ema_decay"):
         load_config(SpeUAEConfig, write_config(tmp_path, tiny_cave_root, use_ema=True, ema_decay=1.5))

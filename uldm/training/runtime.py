@@ -39,7 +39,43 @@ def build_accelerator(config: RunConfig):
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     warn_if_one_cpu_thread(accelerator)
+    warn_if_launch_asked_for_more_processes(accelerator)
     return accelerator
+
+
+def launcher_arguments() -> list[str]:
+    """The command line of the process that started this one (`accelerate launch ...`), [] where unknown."""
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as handle:
+            return [part.decode(errors="replace") for part in handle.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def requested_processes(arguments: list[str]) -> int:
+    """--num_processes / --num-processes of an `accelerate launch` command line (1 if absent)."""
+    if not any(argument == "launch" or argument.endswith("accelerate.commands.launch") for argument in arguments):
+        return 1  # `accelerate launch ...` or `python -m accelerate.commands.launch ...`
+    for index, argument in enumerate(arguments):
+        for flag in ("--num_processes", "--num-processes"):
+            if argument == flag and index + 1 < len(arguments) and arguments[index + 1].isdigit():
+                return int(arguments[index + 1])
+            if argument.startswith(flag + "="):
+                value = argument.split("=", 1)[1]
+                return int(value) if value.isdigit() else 1
+    return 1
+
+
+def warn_if_launch_asked_for_more_processes(accelerator, arguments: list[str] | None = None) -> None:
+    """`accelerate launch --cpu --num_processes N` starts ONE process (its --cpu launcher ignores N) and says
+    nothing; say it, and how to get N processes on a CPU."""
+    arguments = launcher_arguments() if arguments is None else arguments
+    wanted = requested_processes(arguments)
+    if wanted > accelerator.num_processes:
+        logger.warning("`accelerate launch` was asked for %d processes but started %d: its --cpu mode runs one "
+                       "process whatever --num_processes says. For %d CPU processes use `accelerate launch "
+                       "--multi_gpu --num_processes %d ...` (without a GPU they form a gloo process group).",
+                       wanted, accelerator.num_processes, wanted, wanted)
 
 
 def warn_if_one_cpu_thread(accelerator) -> None:
