@@ -527,7 +527,25 @@ def test_stage_2_with_a_replacement_tiny_spaae_caches_deterministic_latents(tmp_
         torch.testing.assert_close(pipeline.encode_rgb(item["rgb"][None])[0], expected, atol=1e-5, rtol=0)
     summary = json.loads((Path(config.output_dir) / "logs" / "run_summary.json").read_text())
     assert summary == [{**summary[0], "from_step": 0, "to_step": 4, "samples": 8, "processes": 1}]
-    assert summary[0]["device"].startswith("CPU") and summary[0]["seconds"] >= 0
+    assert summary[0]["device"].startswith("CPU") and summary[0]["seconds"] >= 0 and summary[0]["ended"]
+
+
+def test_a_killed_call_keeps_its_budget_up_to_its_last_checkpoint(tmp_path):
+    """The budget entry of a call is written at each checkpoint (ended: null) and completed at its end; a call
+    killed after a checkpoint leaves its entry, and the resumed call adds its own."""
+    from types import SimpleNamespace
+
+    from uldm.training.loop import record_budget
+
+    accelerator = SimpleNamespace(device=torch.device("cpu"), num_processes=1, mixed_precision="no")
+    config = SimpleNamespace(train_batch_size=2, gradient_accumulation_steps=1)
+    record_budget(tmp_path, accelerator, config, 0, 5, 10.0, started="first", ended=False)
+    record_budget(tmp_path, accelerator, config, 0, 10, 20.0, started="first", ended=False)  # then killed
+    record_budget(tmp_path, accelerator, config, 10, 12, 3.0, started="second", ended=False)
+    record_budget(tmp_path, accelerator, config, 10, 20, 15.0, started="second")
+    summary = json.loads((tmp_path / "logs" / "run_summary.json").read_text())
+    assert [(e["from_step"], e["to_step"], e["samples"], e["seconds"], e["ended"] is None) for e in summary] == [
+        (0, 10, 20, 20.0, True), (10, 20, 20, 15.0, False)]
 
 
 def test_a_replacement_spaae_must_match_the_unet_and_an_rgb_encoding_must_match_the_run(

@@ -47,19 +47,23 @@ def read_metrics(output_dir: Path) -> list[dict[str, float]]:
     return [by_step[step] for step in sorted(by_step)]
 
 
-def record_budget(output_dir: Path, accelerator, config: RunConfig, first: int, last: int, seconds: float) -> Path:
-    """Append what this call of the loop spent to <output_dir>/logs/run_summary.json (a resumed run adds an entry),
-    so ablations can state equal budgets: steps, samples seen, wall-clock and the device."""
+def record_budget(output_dir: Path, accelerator, config: RunConfig, first: int, last: int, seconds: float,
+                  *, started: str, ended: bool = True) -> Path:
+    """Record what this call of the loop spent in <output_dir>/logs/run_summary.json, one entry per call (a resumed
+    run adds one), so ablations can state equal budgets: steps, samples seen, wall-clock and the device. The entry
+    is rewritten at every checkpoint with `ended` null, so a call that is killed keeps its spend up to its last
+    checkpoint (the steps a resumed run repeats after it are counted again, as they were spent again)."""
     from ..io import save_json
 
     path = output_dir / "logs" / "run_summary.json"
-    entries = json.loads(path.read_text()) if path.exists() else []
+    entries = [e for e in (json.loads(path.read_text()) if path.exists() else []) if e.get("started") != started]
     device = accelerator.device
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     per_step = config.train_batch_size * config.gradient_accumulation_steps * accelerator.num_processes
     entries.append({"from_step": first, "to_step": last, "samples": (last - first) * per_step,
                     "seconds": round(seconds, 1), "device": name, "processes": accelerator.num_processes,
-                    "mixed_precision": accelerator.mixed_precision, "ended": time.strftime("%Y-%m-%dT%H:%M:%S")})
+                    "mixed_precision": accelerator.mixed_precision, "started": started,
+                    "ended": time.strftime("%Y-%m-%dT%H:%M:%S") if ended else None})
     return save_json(entries, path)
 
 
@@ -92,6 +96,7 @@ def train_loop(
     output_dir = Path(config.output_dir)
     step = start_step
     started = time.perf_counter()
+    call_started = time.strftime("%Y-%m-%dT%H:%M:%S") + f"+{started:.3f}"  # names this call's budget entry
     params = [p for model in models for p in model.parameters() if p.requires_grad]
     progress = tqdm(total=config.max_train_steps, initial=step, desc=desc, disable=not accelerator.is_local_main_process)
     for _, batch in batches_from(loader, dataset, sampler, accelerator, step, config.gradient_accumulation_steps):
@@ -115,6 +120,9 @@ def train_loop(
         progress.set_postfix(loss=f"{logs['train/loss']:.4f}")
         if step % config.checkpointing_steps == 0 or step == config.max_train_steps:
             save_checkpoint(accelerator, output_dir, step, config.checkpoints_total_limit)
+            if accelerator.is_main_process:
+                record_budget(output_dir, accelerator, config, start_step, step, time.perf_counter() - started,
+                              started=call_started, ended=False)
         if validate_fn is not None and (step % config.validation_steps == 0 or step == config.max_train_steps):
             metrics = validate_fn(step)  # on every process: gathering sharded weights is collective
             if accelerator.is_main_process:
@@ -126,7 +134,8 @@ def train_loop(
             append_metrics(output_dir, step, logs)
     progress.close()
     if accelerator.is_main_process:
-        record_budget(output_dir, accelerator, config, start_step, step, time.perf_counter() - started)
+        record_budget(output_dir, accelerator, config, start_step, step, time.perf_counter() - started,
+                      started=call_started)
     return step
 
 
