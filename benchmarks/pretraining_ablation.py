@@ -63,9 +63,12 @@ def budget(pipeline: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     entries = json.loads(path.read_text())
+    recorded = sum(e["to_step"] - e["from_step"] for e in entries)
     return {"steps": entries[-1]["to_step"], "samples": sum(e["samples"] for e in entries),
             "seconds": round(sum(e["seconds"] for e in entries), 1), "device": entries[-1]["device"],
-            "calls": len(entries)}
+            "calls": len(entries),
+            # steps of calls killed before they recorded anything (runs older than per-checkpoint records)
+            "unrecorded_steps": max(0, entries[-1]["to_step"] - recorded)}
 
 
 def paired(per_scene: dict[str, dict[str, dict[str, float]]], first: str, second: str) -> dict[str, Any]:

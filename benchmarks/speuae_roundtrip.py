@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from uldm.baseline import RootPolynomialRegression
-from uldm.data import cave_split, default_cave_root, read_scene
+from uldm.data import cave_split, default_cave_root, list_scenes, read_scene, read_split_file, select_scenes
 from uldm.io import save_json
 from uldm.metrics import evaluate_cube, format_table, mean_metrics
 from uldm.models import SpeUAE, spaae
@@ -144,6 +144,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write every model's mean and per-scene metrics")
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="scenes to score (train: how well the models fit what they were fitted on)")
+    parser.add_argument("--split-files", type=Path, nargs=2, metavar=("TRAIN", "VAL"),
+                        help="another split: files of scene names (e.g. stages/configs/splits/cave_b_train.txt "
+                             "cave_b_val.txt) instead of the standard one")
     parser.add_argument("--refine-steps", type=int,
                         help="also score (and time) encoding with this many Gauss-Newton steps (default: the model's "
                              "own refine_steps, when it has any)")
@@ -157,7 +160,11 @@ def main() -> None:
         model.register_to_config(refine_block=args.refine_block)
     camera = model.camera
     split = ObservableSplit(camera)
-    scenes = cave_split(args.data)
+    if args.split_files is None:
+        scenes = cave_split(args.data)
+    else:
+        every = list_scenes(args.data, "cave")
+        scenes = {name: select_scenes(every, read_split_file(path)) for name, path in zip(("train", "val"), args.split_files)}
     train = [read_scene(p, grid=camera.grid).cube for p in scenes["train"]]
     scored = {p.name: read_scene(p, grid=camera.grid).cube for p in scenes[args.split]}
 
