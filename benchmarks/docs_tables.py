@@ -39,6 +39,13 @@ MODEL_NAMES = {"baseline-rootpoly-nikon5100.npz": "root-polynomial regression (d
                "r2hdiff-cave (+RGB proj.)": "R2H-Diff + projection onto Φŝ = c"}
 
 
+def _budget_cell(row: dict[str, Any]) -> str:
+    """'steps / samples / wall-clock, threads'; a run with steps whose spend was never recorded says so."""
+    cell = f"{row['steps']} / {row['samples']:,} / {row['seconds'] / 60:.0f} min ({row['device']})"
+    unrecorded = row.get("unrecorded_steps", 0)
+    return cell + (f"; {unrecorded} steps' spend unrecorded" if unrecorded else "")
+
+
 def results_table() -> str:
     """README: every shipped model and the baseline on the standard CAVE val split (compare_models.py)."""
     rows = []
@@ -90,7 +97,7 @@ def ablation_table() -> str:
         scenes = result["val_scenes"]
         rows = [[_arm_label(label), f"{row['psnr']:.2f}", f"{row['sam']:.2f}", f"{row['mrae']:.4f}", f"{row['rmse']:.4f}",
                  *(f"{result['per_scene'][label][s]['psnr']:.2f}" for s in scenes),
-                 f"{row['steps']} / {row['samples']:,} / {row['seconds'] / 60:.0f} min" if "steps" in row else "-"]
+                 _budget_cell(row) if "steps" in row else "-"]
                 for label, row in result["rows"].items()]
         header = ["model", "PSNR (dB)", "SAM (°)", "MRAE", "RMSE", *(f"{s.removesuffix('_ms')} (dB)" for s in scenes),
                   "steps / samples / wall-clock"]
@@ -110,6 +117,38 @@ def ablation_table() -> str:
                   "measured):\n\n" + _rows(["comparison", "mean PSNR difference (dB)", "seed spread (dB)",
                                              "same sign on both splits", "counts"], verdicts))
     return "\n".join(blocks)
+
+
+def _scene(name: str) -> str:
+    return name.removesuffix("_ms")
+
+
+def ablation_targets() -> str:
+    """docs/results.md and README: the ablation's targets, checked against its JSON (so no figure is typed in)."""
+    data = _json("pretraining_ablation.json")
+    splits = data["splits"]
+    lines = []
+    for name in ("c - a", "b - a", "c - b"):
+        verdict = data["verdicts"].get(name)
+        if verdict is None:
+            continue
+        means = ", ".join(f"{split} {value:+.2f} dB" for split, value in verdict["psnr_mean_difference"].items())
+        lines.append(f"- {name}: {means}; seed spread {verdict['seed_spread_psnr']:.2f} dB; "
+                     f"{'counts' if verdict['counts'] else 'does not count'}.")
+    c_minus_a = data["verdicts"]["c - a"]["psnr_mean_difference"]
+    reached = all(value >= 1.0 for value in c_minus_a.values())
+    lines.append(f"- Target (c) - (a) >= 1 dB on both splits: {'reached' if reached else 'not reached'}.")
+    for split, result in splits.items():
+        row = result["rows"].get("c seed 0")
+        if row is None:
+            continue
+        lost = [f"{_scene(s)} ({d:+.2f} dB)" for s, d in result["paired"]["c - baseline"]["psnr"]["per_scene"].items()
+                if d < 0]
+        won = len(result["val_scenes"]) - len(lost)
+        lines.append(f"- Split {split}: (c) {row['psnr']:.2f} dB mean (target 35: "
+                     f"{'reached' if row['psnr'] >= 35 else 'not reached'}); beats the baseline on {won} of "
+                     f"{len(result['val_scenes'])} scenes" + (f", loses on {', '.join(lost)}." if lost else "."))
+    return "\n".join(lines) + "\n"
 
 
 SPAAE_MODULES = ("EncoderTiny", "DecoderTiny", "Encoder", "Decoder")
@@ -158,6 +197,8 @@ TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
     "results": (REPO / "README.md", results_table),
     "spaae-roundtrip": (REPO / "docs" / "results.md", roundtrip_table),
     "ablation": (REPO / "docs" / "results.md", ablation_table),
+    "ablation-targets": (REPO / "docs" / "results.md", ablation_targets),
+    "ablation-summary": (REPO / "README.md", ablation_targets),
     "ablation-costs": (REPO / "docs" / "results.md", costs_table),
     "rgb-pretrain": (REPO / "docs" / "results.md", training_table),
     "large-images": (REPO / "docs" / "results.md", large_images_table),
