@@ -636,7 +636,8 @@ def test_the_trainers_card_carries_the_validation_metrics_it_measured(tmp_path, 
     results = card.data.eval_results
     assert {r.metric_type: r.metric_value for r in results}["psnr"] == pytest.approx(last["val/psnr"])
     assert card.data.pipeline_tag == "image-to-image" and "SpectralReconstructionPipeline.from_pretrained" in card.text
-    assert "```yaml\noutput_dir:" in card.text
+    assert "```yaml\noutput_dir:" in card.text and "data_root" not in card.text  # no local folder in a card
+    assert f"Budget: {config.max_train_steps} steps, " in card.text and "min of training on CPU" in card.text
 
 
 def test_previews_go_to_every_tracker_that_takes_images():

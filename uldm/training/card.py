@@ -20,6 +20,19 @@ def last_validation(output_dir: Path) -> dict:
     return rows[-1] if rows else {}
 
 
+def run_budget(output_dir: Path) -> str:
+    """'Budget: N steps, M samples, S min on DEVICE.' from <output_dir>/logs/run_summary.json ('' if absent)."""
+    import json
+
+    path = output_dir / "logs" / "run_summary.json"
+    if not path.exists():
+        return ""
+    calls = json.loads(path.read_text())
+    minutes = sum(call["seconds"] for call in calls) / 60
+    return (f"Budget: {calls[-1]['to_step']} steps, {sum(call['samples'] for call in calls):,} samples, "
+            f"{minutes:.1f} min of training on {calls[-1]['device']} ({len(calls)} call(s) of the trainer).\n\n")
+
+
 def write_run_card(folder: Path, config: TrainConfig, *, title: str, description: str, camera: str,
                    pipeline_class: str, started_from: Optional[str] = None, tags: Sequence[str] = ()) -> Path:
     """`folder`/README.md for the pipeline a run saved (see `uldm.hub.write_model_card`)."""
@@ -31,7 +44,9 @@ def write_run_card(folder: Path, config: TrainConfig, *, title: str, description
     evaluation = ({"dataset": f"{config.data_format} validation scenes: {scenes}", "dataset_type": config.data_format,
                    "split": "validation", "metrics": metrics} if metrics else None)
     measured = f"Validation metrics measured by the run after step {last['step']}.\n\n" if metrics else ""
-    training = f"{measured}The run's config:\n\n```yaml\n{yaml.safe_dump(config_dict(config), sort_keys=False)}```"
+    shown = {key: value for key, value in config_dict(config).items() if key != "data_root"}  # a local path
+    training = (f"{measured}{run_budget(Path(config.output_dir))}The run's config (without its local data folder):"
+                f"\n\n```yaml\n{yaml.safe_dump(shown, sort_keys=False)}```")
     hub_base = started_from if started_from and not looks_like_local_path(started_from) else None
     return write_model_card(folder, title=title, description=description, metrics=metrics or None, camera=camera,
                             training=training, tags=tags, pipeline_class=pipeline_class, base_model=hub_base,
