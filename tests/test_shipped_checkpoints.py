@@ -23,7 +23,7 @@ def observable_part_psnr(camera: CameraResponse) -> float:
     return psnr(split.observable(rgb).numpy(), truth)
 
 
-@pytest.mark.parametrize("checkpoint", ["uldm-cave", "r2hdiff-cave", "baseline-rootpoly-nikon5100.npz"])
+@pytest.mark.parametrize("checkpoint", ["uldm-cave", "r2hdiff-cave", "mstpp-cave", "baseline-rootpoly-nikon5100.npz"])
 def test_the_shipped_checkpoints_reconstruct_the_bundled_sample(checkpoint, tmp_path, capsys):
     report = tmp_path / "report.json"
     assert main(["evaluate", "--data", str(SAMPLE_TRUTH), "--format", "h5", "--checkpoint",
@@ -33,7 +33,7 @@ def test_the_shipped_checkpoints_reconstruct_the_bundled_sample(checkpoint, tmp_
     cube, wavelengths = load_cube(tmp_path / "colorchecker_truth.h5")
     assert cube.shape == (190, 282, 31) and wavelengths[0] == 400 and wavelengths[-1] == 700
     assert data["mean"]["psnr"] > observable_part_psnr(CameraResponse.from_preset("nikon5100"))
-    if checkpoint != "r2hdiff-cave":  # R2H-Diff is RGB-exact only with rgb_consistent=True
+    if checkpoint not in ("r2hdiff-cave", "mstpp-cave"):  # the peers are RGB-exact only with rgb_consistent=True
         assert data["mean"]["rgb_error"] < 1e-6
 
 
@@ -43,7 +43,7 @@ def test_evaluating_one_scene_file_needs_its_format(tmp_path, capsys):
     assert "colorchecker_truth.h5: a CAVE scene is a folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("checkpoint", ["uldm-cave", "r2hdiff-cave"])
+@pytest.mark.parametrize("checkpoint", ["uldm-cave", "r2hdiff-cave", "mstpp-cave"])
 def test_the_shipped_pipelines_load_through_diffusers_generic_entry_point(checkpoint):
     """Their code files are uldm's one-line re-exports (so uldm's own loader trusts them), and diffusers' generic
     `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` builds the same pipeline class."""
