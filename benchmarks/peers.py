@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -28,6 +27,7 @@ from uldm.checkpoints import load_reconstructor
 from uldm.data import default_cave_root
 from uldm.evaluation import evaluate
 from uldm.io import save_json
+from uldm.training import read_budget
 
 HERE = Path(__file__).resolve().parent
 
@@ -38,15 +38,6 @@ def _benchmark(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def run_budget(pipeline: Path) -> dict[str, Any]:
-    path = Path(pipeline).parent / "logs" / "run_summary.json"
-    if not path.exists():
-        return {}
-    calls = json.loads(path.read_text())
-    return {"steps": calls[-1]["to_step"], "samples": sum(c["samples"] for c in calls),
-            "train_minutes": round(sum(c["seconds"] for c in calls) / 60, 1), "device": calls[-1]["device"]}
 
 
 def parse_models(items: Sequence[str]) -> dict[str, str]:
@@ -86,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows = {}
         for name, path in specs.items():
             model = load_reconstructor(path)
-            rows[name] = {**score(model, scenes["val"]), **run_budget(Path(path)), "pipeline": path}
+            rows[name] = {**score(model, scenes["val"]), **read_budget(Path(path).parent), "pipeline": path}
             if name not in results["costs"]:
                 results["costs"][name] = compare.measure_costs(model, None, None, args.cost_size)
             print(f"done: {split} {name}", file=sys.stderr)
@@ -100,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"\nsplit {split}: val = {', '.join(result['val_scenes'])}")
         for name, row in result["rows"].items():
             cost = results["costs"][name]
-            budget = (f"{row['steps']} steps, {row['train_minutes']} min on {row['device']}" if "steps" in row else "-")
+            budget = (f"{row['steps']} steps, {row['seconds'] / 60:.1f} min on {row['device']}" if "steps" in row else "-")
             print(f"  {name:26s} {row['psnr']:6.2f} dB  SAM {row['sam']:5.2f}  MRAE {row['mrae']:.4f}  "
                   f"RMSE {row['rmse']:.4f}  params {cost['parameters']:>10,}  GFLOP {cost['gflops_per_image']:8.2f}  "
                   f"{cost['seconds_per_image']:.2f} s  trained: {budget}")

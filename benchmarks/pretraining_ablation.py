@@ -15,7 +15,6 @@ logs/run_summary.json. Every figure is from this run of the script; nothing is t
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -29,6 +28,7 @@ from uldm.camera import CameraResponse
 from uldm.data import cave_split, default_cave_root, list_scenes, read_split_file, select_scenes
 from uldm.evaluation import evaluate
 from uldm.io import save_json
+from uldm.training import read_budget
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_FILES = {"b": (REPO / "stages/configs/splits/cave_b_train.txt", REPO / "stages/configs/splits/cave_b_val.txt")}
@@ -57,20 +57,6 @@ def find_runs(runs: Path, split: str) -> dict[tuple[str, int], Path]:
     return found
 
 
-def budget(pipeline: Path) -> dict[str, Any]:
-    """Steps, samples, seconds and device of the stage-2 run (every resumed call summed)."""
-    path = pipeline.parent / "logs" / "run_summary.json"
-    if not path.exists():
-        return {}
-    entries = json.loads(path.read_text())
-    recorded = sum(e["to_step"] - e["from_step"] for e in entries)
-    return {"steps": entries[-1]["to_step"], "samples": sum(e["samples"] for e in entries),
-            "seconds": round(sum(e["seconds"] for e in entries), 1), "device": entries[-1]["device"],
-            "calls": len(entries),
-            # steps of calls killed before they recorded anything (runs older than per-checkpoint records)
-            "unrecorded_steps": max(0, entries[-1]["to_step"] - recorded)}
-
-
 def paired(per_scene: dict[str, dict[str, dict[str, float]]], first: str, second: str) -> dict[str, Any]:
     """first - second, per scene and mean, for every metric (PSNR up is better; SAM, MRAE, RMSE down)."""
     scenes = list(per_scene[first])
@@ -83,7 +69,7 @@ def paired(per_scene: dict[str, dict[str, dict[str, float]]], first: str, second
 def score_split(root: Path, runs: Path, split: str) -> dict[str, Any]:
     scenes = split_scenes(root, split)
     found = find_runs(runs, split)
-    entries = {f"{arm} seed {seed}": (load_reconstructor(path), {"pipeline": str(path), **budget(path)})
+    entries = {f"{arm} seed {seed}": (load_reconstructor(path), {"pipeline": str(path), **read_budget(path.parent)})
                for (arm, seed), path in sorted(found.items())}
     camera = next(iter(entries.values()))[0].camera if entries else CameraResponse.from_preset("nikon5100")
     baseline = RootPolynomialRegression.fit_scenes(scenes["train"], camera, format="cave")

@@ -9,7 +9,6 @@ samples, seconds and device of each call; resumed calls are summed).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -17,22 +16,21 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from uldm.io import save_json
-from uldm.training import read_metrics
+from uldm.training import read_budget, read_metrics
 
 
 def summarise(run: Path, window: int = 50) -> dict[str, Any]:
     rows = read_metrics(run)
     if not rows:
         raise SystemExit(f"error: {run}/logs/metrics.jsonl: no logged steps")
-    budget_path = run / "logs" / "run_summary.json"
-    calls = json.loads(budget_path.read_text()) if budget_path.exists() else []
+    budget = read_budget(run)
     loss = np.array([row["train/loss"] for row in rows])
     validations = [{"step": row["step"], **{k: v for k, v in row.items() if k.startswith("val/")}}
                    for row in rows if any(k.startswith("val/") for k in row)]
-    return {"run": str(run), "steps": rows[-1]["step"], "samples": sum(c["samples"] for c in calls) or None,
-            "seconds": sum(c["seconds"] for c in calls) or None, "device": calls[-1]["device"] if calls else None,
-            "window": window, "train_loss_first": float(loss[:window].mean()), "train_loss_last": float(loss[-window:].mean()),
-            "validations": validations, "calls": calls}
+    return {"run": str(run), "steps": rows[-1]["step"], "samples": budget.get("samples"),
+            "seconds": budget.get("seconds"), "device": budget.get("device"), "window": window,
+            "train_loss_first": float(loss[:window].mean()), "train_loss_last": float(loss[-window:].mean()),
+            "validations": validations, "calls": budget.get("calls")}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -22,6 +22,7 @@ from typing import Any, Optional, Sequence
 from uldm import SpectralReconstructionPipeline
 from uldm.hub import write_model_card
 from uldm.io import atomic_folder
+from uldm.training import read_budget
 from uldm.pipelines.remote_code import write_remote_code
 
 ARM_NAMES = {"a": "nothing pretrained", "b": "pretrained SpaAE", "c": "pretrained SpaAE + RGB-pretrained UNet"}
@@ -36,14 +37,11 @@ def parameter_count(weights: Path) -> int:
 
 
 def run_budget(folder: Path) -> str:
-    """'N steps, M samples, S min on DEVICE' from a run folder's logs/run_summary.json (resumed calls summed)."""
-    path = folder / "logs" / "run_summary.json"
-    if not path.exists():
+    """'N steps, M samples, S min on DEVICE' of a run folder (every call of its trainer summed)."""
+    budget = read_budget(folder)
+    if not budget:
         return "budget not recorded"
-    entries = json.loads(path.read_text())
-    seconds = sum(e["seconds"] for e in entries)
-    return (f"{entries[-1]['to_step']} steps, {sum(e['samples'] for e in entries):,} samples, "
-            f"{seconds / 60:.0f} min on {entries[-1]['device']}")
+    return f"{budget['steps']} steps, {budget['samples']:,} samples, {budget['seconds'] / 60:.0f} min on {budget['device']}"
 
 
 def ablation_table(ablation: dict[str, Any]) -> str:

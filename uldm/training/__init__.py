@@ -40,7 +40,7 @@ from .data import (
     scene_paths,
 )
 from .denoising import denoising_loss, diffusion_target
-from .loop import read_metrics, stage_main, train_loop
+from .loop import read_budget, read_metrics, stage_main, train_loop
 from .runtime import build_accelerator, build_scheduler, warn_if_one_cpu_thread
 from .validation import log_images, validate_pipeline
 from .weights import (
@@ -57,7 +57,7 @@ __all__ = [
     "averaged_weights", "base_argument_parser", "batches_from", "build_accelerator", "build_augmentation",
     "build_ema", "build_scheduler", "build_train_loader", "CHECKPOINT_PATTERN", "checkpoints_in", "config_dict",
     "config_from_args", "ConfigError", "denoising_loss", "diffusion_target", "EpochSampler", "final_model",
-    "full_model", "load_config", "log_images", "make_loader", "publish_pipeline", "ModelEMA", "read_metrics", "resume", "RunConfig",
+    "full_model", "load_config", "log_images", "make_loader", "publish_pipeline", "ModelEMA", "read_budget", "read_metrics", "resume", "RunConfig",
     "sample_pixels", "save_checkpoint", "save_pretrained_atomic", "scene_paths", "stage_main", "train_loop", "TrainConfig",
     "typed_value", "validate_pipeline", "warn_if_one_cpu_thread", "without_rng_draws",
 ]

@@ -9,7 +9,7 @@ from typing import Optional, Sequence
 import yaml
 
 from .config import TrainConfig, config_dict
-from .loop import read_metrics
+from .loop import read_budget, read_metrics
 
 METRIC_NAMES = {"val/psnr": "PSNR", "val/sam": "SAM", "val/mrae": "MRAE", "val/rmse": "RMSE"}
 
@@ -20,17 +20,13 @@ def last_validation(output_dir: Path) -> dict:
     return rows[-1] if rows else {}
 
 
-def run_budget(output_dir: Path) -> str:
-    """'Budget: N steps, M samples, S min on DEVICE.' from <output_dir>/logs/run_summary.json ('' if absent)."""
-    import json
-
-    path = output_dir / "logs" / "run_summary.json"
-    if not path.exists():
+def budget_sentence(output_dir: Path) -> str:
+    """'Budget: N steps, M samples, S min of training on DEVICE (k calls).' ('' if the run recorded none)."""
+    budget = read_budget(output_dir)
+    if not budget:
         return ""
-    calls = json.loads(path.read_text())
-    minutes = sum(call["seconds"] for call in calls) / 60
-    return (f"Budget: {calls[-1]['to_step']} steps, {sum(call['samples'] for call in calls):,} samples, "
-            f"{minutes:.1f} min of training on {calls[-1]['device']} ({len(calls)} call(s) of the trainer).\n\n")
+    return (f"Budget: {budget['steps']} steps, {budget['samples']:,} samples, {budget['seconds'] / 60:.1f} min of "
+            f"training on {budget['device']} ({budget['calls']} call(s) of the trainer).\n\n")
 
 
 def write_run_card(folder: Path, config: TrainConfig, *, title: str, description: str, camera: str,
@@ -45,7 +41,7 @@ def write_run_card(folder: Path, config: TrainConfig, *, title: str, description
                    "split": "validation", "metrics": metrics} if metrics else None)
     measured = f"Validation metrics measured by the run after step {last['step']}.\n\n" if metrics else ""
     shown = {key: value for key, value in config_dict(config).items() if key != "data_root"}  # a local path
-    training = (f"{measured}{run_budget(Path(config.output_dir))}The run's config (without its local data folder):"
+    training = (f"{measured}{budget_sentence(Path(config.output_dir))}The run's config (without its local data folder):"
                 f"\n\n```yaml\n{yaml.safe_dump(shown, sort_keys=False)}```")
     hub_base = started_from if started_from and not looks_like_local_path(started_from) else None
     return write_model_card(folder, title=title, description=description, metrics=metrics or None, camera=camera,

@@ -67,6 +67,20 @@ def record_budget(output_dir: Path, accelerator, config: RunConfig, first: int, 
     return save_json(entries, path)
 
 
+def read_budget(output_dir: Path) -> dict[str, Any]:
+    """A run's training budget from <output_dir>/logs/run_summary.json, every call of the trainer summed: steps,
+    samples, seconds, device (the last call's), calls, and `unrecorded_steps` (steps of calls killed before they
+    recorded anything; older runs recorded a call only at its end). {} when the run recorded none."""
+    path = Path(output_dir) / "logs" / "run_summary.json"
+    if not path.exists():
+        return {}
+    calls = json.loads(path.read_text())
+    recorded = sum(call["to_step"] - call["from_step"] for call in calls)
+    return {"steps": calls[-1]["to_step"], "samples": sum(call["samples"] for call in calls),
+            "seconds": round(sum(call["seconds"] for call in calls), 1), "device": calls[-1]["device"],
+            "calls": len(calls), "unrecorded_steps": max(0, calls[-1]["to_step"] - recorded)}
+
+
 def train_loop(
     accelerator,
     config: RunConfig,
