@@ -59,6 +59,30 @@ def results_table() -> str:
                   "s / image"], rows)
 
 
+PEER_NAMES = {"uldm": "ULDM (arm c), 1 step", "r2hdiff": "R2H-Diff, 5 steps", "mstpp": "MST++",
+              "root-polynomial baseline": "root-polynomial regression (degree 2)"}
+
+
+def peers_table() -> str:
+    """README: every model beside its peers on both splits' val scenes, costs and training budgets (peers.py)."""
+    data = _json("peers.json")
+    blocks = []
+    for split, result in data["splits"].items():
+        rows = []
+        for name, row in result["rows"].items():
+            cost = data["costs"][name]
+            budget = (f"{row['steps']} steps, {row['seconds'] / 60:.0f} min, {row['device']}" if "steps" in row
+                      else ("fitted in seconds" if name == "root-polynomial baseline" else "-"))
+            rows.append([PEER_NAMES.get(name, name), f"{row['psnr']:.2f}", f"{row['sam']:.2f}", f"{row['mrae']:.4f}",
+                         f"{row['rmse']:.4f}", f"{row['max_rgb_error']:.1e}", f"{cost['parameters']:,}",
+                         f"{cost['gflops_per_image']:.2f}", f"{cost['seconds_per_image']:.2f}", budget])
+        scenes = ", ".join(_scene(s) for s in result["val_scenes"])
+        blocks.append(f"Split {split} (val: {scenes}):\n\n" + _rows(
+            ["model", "PSNR (dB)", "SAM (°)", "MRAE", "RMSE", "max RGB error", "parameters", "GFLOP / image",
+             "s / image", "training (stage 2 / the network)"], rows))
+    return "\n".join(blocks)
+
+
 ROUNDTRIPS = (("spaae_roundtrip_base_kl.json", "AutoencoderKL trained from random weights (the earlier ULDM's, 8 channels at 1/4)"),
               ("spaae_roundtrip_taesd.json", "TAESD (4 channels at 1/8), as pretrained"),
               ("spaae_roundtrip_taesd_adapted.json", "TAESD, adapted (300 steps)"),
@@ -217,7 +241,8 @@ def large_images_table() -> str:
 
 
 TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
-    "results": (REPO / "README.md", results_table),
+    "results": (REPO / "docs" / "results.md", results_table),
+    "peers": (REPO / "README.md", peers_table),
     "spaae-roundtrip": (REPO / "docs" / "results.md", roundtrip_table),
     "ablation": (REPO / "docs" / "results.md", ablation_table),
     "ablation-targets": (REPO / "docs" / "results.md", ablation_targets),
