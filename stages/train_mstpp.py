@@ -23,7 +23,7 @@ from uldm.models.mstpp import MSTPlusPlus
 from uldm.pipelines.pipeline_mstpp import MSTPlusPlusPipeline
 from uldm.training import (
     ConfigError,
-    TrainConfig,
+    PipelineConfig,
     averaged_weights,
     build_accelerator,
     build_augmentation,
@@ -45,7 +45,7 @@ LOSSES = ("mrae", "l1")
 
 
 @dataclass
-class MSTPPConfig(TrainConfig):
+class MSTPPConfig(PipelineConfig):
     # network (`MSTPlusPlus`; the defaults are the paper's: 1.62 M parameters)
     channels: int = 31
     stages: int = 3
@@ -58,10 +58,6 @@ class MSTPPConfig(TrainConfig):
     # the saved pipeline's defaults
     default_processing_resolution: int = 0
     project_rgb: bool = False
-    # hub
-    push_to_hub: bool = False
-    hub_model_id: Optional[str] = None
-    hub_private: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -71,8 +67,6 @@ class MSTPPConfig(TrainConfig):
             raise ConfigError(f"mrae_epsilon must be > 0, got {self.mrae_epsilon}")
         if self.patch_size % 2 ** (self.levels + 1):
             raise ConfigError(f"patch_size must be a multiple of {2 ** (self.levels + 1)}, got {self.patch_size}")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ConfigError("push_to_hub needs hub_model_id (org/name)")
         with torch.device("meta"):  # mismatched sizes fail here, before any data is read
             build_network(self, self.camera_response().num_bands)
 

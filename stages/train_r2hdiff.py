@@ -41,7 +41,7 @@ from uldm.training import (
     build_ema,
     stage_main,
     ConfigError,
-    TrainConfig,
+    PipelineConfig,
     build_accelerator,
     build_augmentation,
     build_scheduler,
@@ -59,7 +59,7 @@ from uldm.training import (
 
 
 @dataclass
-class R2HDiffConfig(TrainConfig):
+class R2HDiffConfig(PipelineConfig):
     # network (`R2HDiffNet`; the defaults are the paper-sized one: 0.57 M parameters, 12 G MACs at 256 x 256)
     block_channels: list = field(default_factory=lambda: [32, 48, 64])
     rgb_feature_channels: list = field(default_factory=lambda: [16, 24, 32])
@@ -88,10 +88,6 @@ class R2HDiffConfig(TrainConfig):
     default_processing_resolution: int = 0
     default_ensemble_size: int = 1
     project_rgb: bool = False
-    # hub
-    push_to_hub: bool = False
-    hub_model_id: Optional[str] = None
-    hub_private: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -103,8 +99,6 @@ class R2HDiffConfig(TrainConfig):
                 raise ConfigError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.freeze_regression and not self.regression_skip:
             raise ConfigError("freeze_regression needs regression_skip: true (there is no regression to freeze)")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ConfigError("push_to_hub needs hub_model_id (org/name)")
         with torch.device("meta"):  # mismatched level lists fail here, before any data is read (no RNG drawn)
             build_network(self, self.camera_response())
 

@@ -33,7 +33,7 @@ from uldm.models.sd_adapter import (
 )
 from uldm.training import (
     ConfigError,
-    TrainConfig,
+    PipelineConfig,
     averaged_weights,
     build_accelerator,
     build_augmentation,
@@ -57,7 +57,7 @@ CODE_PRIORS = ("none", "root_polynomial")
 
 
 @dataclass
-class ULDMConfig(TrainConfig):
+class ULDMConfig(PipelineConfig):
     # hub id or local SD folder, or a ULDM pipeline folder to go on from (required)
     pretrained_model_name_or_path: Optional[str] = None
     revision: Optional[str] = None
@@ -85,10 +85,6 @@ class ULDMConfig(TrainConfig):
     default_denoising_steps: int = 4
     default_processing_resolution: int = 0
     default_ensemble_size: int = 1
-    # hub
-    push_to_hub: bool = False
-    hub_model_id: Optional[str] = None
-    hub_private: bool = False
 
     def validate(self) -> None:
         super().validate()
@@ -107,8 +103,6 @@ class ULDMConfig(TrainConfig):
             raise ConfigError(f"code_residual_scale must be > 0, got {self.code_residual_scale}")
         if self.precompute_latents and self.train_vae_decoder:
             raise ConfigError("precompute_latents cannot be combined with train_vae_decoder (the decoder needs codes)")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ConfigError("push_to_hub needs hub_model_id (org/name)")
 
 
 class CodeDecoderLoss(nn.Module):

@@ -176,7 +176,7 @@ def add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
                     "them); a failing input is reported and the batch goes on (exit code 1 if any failed). Under "
                     "`accelerate launch --num_processes N` each process takes every N-th image.")
     parser.add_argument("inputs", nargs="+", type=Path, help="images (PNG/JPEG/BMP/TIFF, 8 or 16 bit) or folders of them")
-    parser.add_argument("-o", "--output", required=True, type=Path, help="output folder: one <name>.h5 per image")
+    parser.add_argument("-o", "--output", required=True, type=Path, help="output folder: one cube per image (<name>.h5, or as --output-format says)")
     add_model_arguments(parser)
     parser.add_argument("--input-space", choices=["srgb", "linear"], default="srgb",
                         help="how the image values are encoded (default: srgb, as ordinary photos are)")
@@ -223,12 +223,12 @@ def run_reconstruct(args: argparse.Namespace) -> int:
     bar = tqdm(total=len(mine), desc=f"reconstruct ({len(jobs)} images, {state.num_processes} processes)",
                disable=not state.is_main_process)
 
-    def report(result) -> None:
+    def show(result) -> None:  # progress of this process's shard
         bar.update(1)
         if result.status != "done":
             tqdm.write(f"{result.input}: {result.status}: {result.reason}")
 
-    results = gather_lists(run_jobs(mine, reconstruct, overwrite=args.overwrite, progress=report))
+    results = gather_lists(run_jobs(mine, reconstruct, overwrite=args.overwrite, progress=show))
     bar.close()
     order = {str(job.output): index for index, job in enumerate(jobs)}
     results.sort(key=lambda result: order[result.output])  # the manifest in input order, however it was sharded

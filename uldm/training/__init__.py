@@ -1,7 +1,7 @@
 """What every trainer in `stages/` shares, one concept a module:
 
 - `config`: YAML configs with `--set key=value` overrides (`RunConfig` for any run, `TrainConfig` for runs on
-  spectral scenes); unknown or missing keys name the file;
+  spectral scenes, `PipelineConfig` for those that end in a pipeline, with the hub keys); unknown or missing keys name the file;
 - `data`: seeded patches of spectral scenes, batches a pure function of (seed, epoch, position);
 - `denoising`: the Stable Diffusion objective (stage 2 and RGB pre-training);
 - `runtime`: the Accelerator and the learning-rate schedule;
@@ -23,6 +23,7 @@ from .checkpointing import (
 )
 from .config import (
     ConfigError,
+    PipelineConfig,
     RunConfig,
     TrainConfig,
     base_argument_parser,
@@ -58,6 +59,6 @@ __all__ = [
     "build_ema", "build_scheduler", "build_train_loader", "CHECKPOINT_PATTERN", "checkpoints_in", "config_dict",
     "config_from_args", "ConfigError", "denoising_loss", "diffusion_target", "EpochSampler", "final_model",
     "full_model", "load_config", "log_images", "make_loader", "publish_pipeline", "ModelEMA", "read_budget", "read_metrics", "resume", "RunConfig",
-    "sample_pixels", "save_checkpoint", "save_pretrained_atomic", "scene_paths", "stage_main", "train_loop", "TrainConfig",
+    "sample_pixels", "save_checkpoint", "save_pretrained_atomic", "scene_paths", "stage_main", "train_loop", "TrainConfig", "PipelineConfig",
     "typed_value", "validate_pipeline", "warn_if_one_cpu_thread", "without_rng_draws",
 ]

@@ -114,6 +114,21 @@ class TrainConfig(RunConfig):
             raise ConfigError(f"camera: {exc}") from exc
 
 
+@dataclass
+class PipelineConfig(TrainConfig):
+    """A run on spectral scenes that ends in a complete pipeline (`publish_pipeline`), pushed to the model hub when
+    `push_to_hub` (to `hub_model_id`, private with `hub_private`)."""
+
+    push_to_hub: bool = False
+    hub_model_id: Optional[str] = None
+    hub_private: bool = False
+
+    def validate(self) -> None:
+        super().validate()
+        if self.push_to_hub and not self.hub_model_id:
+            raise ConfigError("push_to_hub needs hub_model_id (org/name)")
+
+
 def typed_value(name: str, value: Any, hint: Any) -> Any:
     """`value` as its field's int / float / bool, or a ConfigError naming the key. YAML 1.1 reads `1e-4` as a
     string (it wants `1.0e-4`), so numbers written that way are converted rather than failing deep in training."""

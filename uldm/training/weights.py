@@ -9,7 +9,7 @@ from typing import Callable, Iterator, Optional
 import torch
 
 from ..io import atomic_folder
-from .config import ConfigError, RunConfig
+from .config import ConfigError, PipelineConfig, RunConfig
 
 
 def save_pretrained_atomic(model, path: Path) -> Path:
@@ -19,7 +19,7 @@ def save_pretrained_atomic(model, path: Path) -> Path:
     return Path(path)
 
 
-def publish_pipeline(accelerator, config: RunConfig, pipeline, write_card: Callable[[Path], object]) -> Optional[Path]:
+def publish_pipeline(accelerator, config: PipelineConfig, pipeline, write_card: Callable[[Path], object]) -> Optional[Path]:
     """On the main process: the trained pipeline saved atomically to <output_dir>/pipeline, its model card written
     by `write_card(folder)`, and pushed to the hub when the config says `push_to_hub` (with `hub_model_id`,
     `hub_private`). Returns the folder (None on the other processes)."""
@@ -28,7 +28,7 @@ def publish_pipeline(accelerator, config: RunConfig, pipeline, write_card: Calla
     folder = save_pretrained_atomic(pipeline, Path(config.output_dir) / "pipeline")
     write_card(folder)
     accelerator.print(f"saved {folder}")
-    if getattr(config, "push_to_hub", False):
+    if config.push_to_hub:
         from ..hub import push_folder
 
         accelerator.print(f"pushed: {push_folder(folder, config.hub_model_id, private=config.hub_private)}")
