@@ -25,7 +25,7 @@ import numpy as np
 from uldm.baseline import RootPolynomialRegression
 from uldm.checkpoints import load_reconstructor
 from uldm.camera import CameraResponse
-from uldm.data import cave_split, default_cave_root, list_scenes, read_split_file, select_scenes
+from uldm.data import cave_split, cave_split_from_files, default_cave_root
 from uldm.evaluation import evaluate
 from uldm.io import save_json
 from uldm.training import read_budget
@@ -42,9 +42,7 @@ RUN_PATTERN = re.compile(r"^(?P<arm>[a-z])-seed(?P<seed>\d+)$")
 def split_scenes(root: Path, split: str) -> dict[str, list[Path]]:
     if split == "std":
         return cave_split(root)
-    train, val = SPLIT_FILES[split]
-    scenes = list_scenes(root, "cave")
-    return {"train": select_scenes(scenes, read_split_file(train)), "val": select_scenes(scenes, read_split_file(val))}
+    return cave_split_from_files(root, *SPLIT_FILES[split])
 
 
 def find_runs(runs: Path, split: str) -> dict[tuple[str, int], Path]:

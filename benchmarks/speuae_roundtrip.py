@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from uldm.baseline import RootPolynomialRegression
-from uldm.data import cave_split, default_cave_root, list_scenes, read_scene, read_split_file, select_scenes
+from uldm.data import cave_split, cave_split_from_files, default_cave_root, read_scene
 from uldm.io import save_json
 from uldm.metrics import evaluate_cube, format_table, mean_metrics
 from uldm.models import SpeUAE, spaae
@@ -160,11 +160,7 @@ def main() -> None:
         model.register_to_config(refine_block=args.refine_block)
     camera = model.camera
     split = ObservableSplit(camera)
-    if args.split_files is None:
-        scenes = cave_split(args.data)
-    else:
-        every = list_scenes(args.data, "cave")
-        scenes = {name: select_scenes(every, read_split_file(path)) for name, path in zip(("train", "val"), args.split_files)}
+    scenes = cave_split(args.data) if args.split_files is None else cave_split_from_files(args.data, *args.split_files)
     train = [read_scene(p, grid=camera.grid).cube for p in scenes["train"]]
     scored = {p.name: read_scene(p, grid=camera.grid).cube for p in scenes[args.split]}
 

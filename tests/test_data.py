@@ -219,6 +219,18 @@ def test_split_file_and_selection(tmp_path, tiny_cave_root):
         select_scenes(scenes, ["cd_ms", "flowers_ms"])
 
 
+def test_a_cave_split_from_two_split_files(tmp_path, tiny_cave_root):
+    from uldm.data import cave_split_from_files
+
+    (tmp_path / "train.txt").write_text("balloons_ms\ncd_ms\n")
+    (tmp_path / "val.txt").write_text("watercolors_ms\n")
+    split = cave_split_from_files(tiny_cave_root, tmp_path / "train.txt", tmp_path / "val.txt")
+    assert {k: [p.name for p in v] for k, v in split.items()} == {"train": ["balloons_ms", "cd_ms"],
+                                                                   "val": ["watercolors_ms"]}
+    with pytest.raises(DatasetError, match=r"no CAVE data found"):
+        cave_split_from_files(None, tmp_path / "train.txt", tmp_path / "val.txt")
+
+
 def test_select_scenes_by_file_stem_or_name(tmp_path):
     paths = [tmp_path / "ARAD_1K_0001.mat", tmp_path / "ARAD_1K_0002.mat"]
     assert select_scenes(paths, ["ARAD_1K_0002", "ARAD_1K_0001.mat"]) == paths[::-1]

@@ -14,7 +14,7 @@ from .readers import (
     read_scene,
     read_uldm_cube,
 )
-from .splits import CAVE_VAL_SCENES, cave_split, default_cave_root, read_split_file, select_scenes
+from .splits import CAVE_VAL_SCENES, cave_split, cave_split_from_files, default_cave_root, read_split_file, select_scenes
 
 __all__ = [
     "CAVE_VAL_SCENES",
@@ -23,6 +23,7 @@ __all__ = [
     "Scene",
     "SpectralPatchDataset",
     "cave_split",
+    "cave_split_from_files",
     "default_cave_root",
     "default_photo_root",
     "find_images",

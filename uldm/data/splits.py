@@ -39,6 +39,16 @@ def cave_split(root: Optional[PathLike]) -> dict[str, list[Path]]:
     return {"train": train, "val": val}
 
 
+def cave_split_from_files(root: Optional[PathLike], train_file: PathLike, val_file: PathLike) -> dict[str, list[Path]]:
+    """{"train": [...], "val": [...]}: another split of the CAVE scenes under `root`, named by two split files (e.g.
+    stages/configs/splits/cave_b_*.txt)."""
+    if root is None:
+        raise DatasetError(f"no CAVE data found: give the CAVE root (--data DIR) or set ${CAVE_ROOT_ENV}")
+    scenes = list_scenes(root, "cave")
+    return {"train": select_scenes(scenes, read_split_file(train_file)),
+            "val": select_scenes(scenes, read_split_file(val_file))}
+
+
 def read_split_file(path: PathLike) -> list[str]:
     """Scene names, one a line; blank lines and everything after a `#` are ignored."""
     path = Path(path)
