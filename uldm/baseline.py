@@ -22,6 +22,7 @@ from .degradation import Degradation
 if TYPE_CHECKING:
     import torch
 
+BAND_PIXELS = 1 << 18  # pixels whose features are computed at once when predicting
 # exponents (a, b, c) of r^a g^b b^c, by degree k (the term is the monomial's k-th root), in colour-science's order
 ROOT_POLYNOMIAL_EXPONENTS = {
     1: ((1, 0, 0), (0, 1, 0), (0, 0, 1)),
@@ -152,8 +153,8 @@ class RootPolynomialRegression:
             raise ValueError(f"expected ... x 3 RGB, got shape {rgb.shape}")
         out = np.empty((*rgb.shape[:-1], self.weights.shape[1]), dtype=np.float32)
         flat_in, flat_out = rgb.reshape(-1, 3), out.reshape(-1, self.weights.shape[1])
-        for start in range(0, len(flat_in), 1 << 18):  # in bands: float64 features of a whole photo are GBs
-            part = slice(start, start + (1 << 18))
+        for start in range(0, len(flat_in), BAND_PIXELS):  # in bands: float64 features of a whole photo are GBs
+            part = slice(start, start + BAND_PIXELS)
             flat_out[part] = root_polynomial_features(flat_in[part], self.degree) @ self.weights
         return out
 
