@@ -54,6 +54,7 @@ from .common import (
     resize_longer_side,
     resize_to,
     rgb_error_per_image,
+    scheduler_step_kwargs,
 )
 
 
@@ -124,13 +125,14 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
                 f"per level, {sum(p.numel() for p in self.net.parameters()):,} parameters; camera {self.camera.name}")
 
     # ---------------------------------------------------------------------------------------------- steps
-    def denoise(self, rgb: torch.Tensor, noise: torch.Tensor, steps: int) -> torch.Tensor:
-        """DDIM from `noise` (model space) guided by `rgb` (same batch, [0, 1]) -> clean cubes in model space."""
+    def denoise(self, rgb: torch.Tensor, noise: torch.Tensor, steps: int, **step_kwargs) -> torch.Tensor:
+        """The scheduler (DDIM by default) from `noise` (model space) guided by `rgb` (same batch, [0, 1]) -> clean
+        cubes in model space; `step_kwargs` from `scheduler_step_kwargs` (the generator, where the step takes one)."""
         self.scheduler.set_timesteps(steps, device=noise.device)
-        sample = noise
+        sample = noise * self.scheduler.init_noise_sigma
         for t in self.scheduler.timesteps:
-            prediction = self.net(sample, rgb, t)
-            sample = self.scheduler.step(prediction, t, sample, generator=None, return_dict=False)[0]
+            prediction = self.net(self.scheduler.scale_model_input(sample, t), rgb, t)
+            sample = self.scheduler.step(prediction, t, sample, **step_kwargs, return_dict=False)[0]
         return sample
 
     def project_onto_rgb(self, spectra: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
@@ -202,7 +204,9 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
         # 5. Denoise, `batch_size` members at a time
         with progress_bar_options(self, show_progress_bar, "R2H-Diff"):
             batches = self.progress_bar(range(0, len(noise), batch_size))
-        results = [self.denoise(condition[start:start + batch_size], noise[start:start + batch_size], steps)
+        results = [self.denoise(condition[start:start + batch_size], noise[start:start + batch_size], steps,
+                                **scheduler_step_kwargs(self.scheduler, generator, start,
+                                                        len(noise[start:start + batch_size]), ensemble))
                    for start in batches]
         spectra = from_model_space(torch.cat(results).float())
 

@@ -70,6 +70,25 @@ def test_one_member_has_zero_uncertainty_and_pt_layout(tiny_r2h_pipeline, rgb):
     assert torch.count_nonzero(out.uncertainty) == 0
 
 
+def test_other_schedulers_run_and_the_network_sees_unit_scale_inputs(tiny_r2h_pipeline, rgb):
+    """The scheduler conventions of the ULDM pipeline hold here too: UniPC (whose step takes no generator), DDPM
+    (which draws noise from the caller's generator) and Euler (whose samples the network must see scaled back)."""
+    from diffusers import DDPMScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
+
+    config = tiny_r2h_pipeline.scheduler.config
+    for cls in (UniPCMultistepScheduler, DDPMScheduler):
+        tiny_r2h_pipeline.scheduler = cls.from_config(config)
+        first, again = run(tiny_r2h_pipeline, rgb), run(tiny_r2h_pipeline, rgb)
+        assert np.isfinite(first.spectra).all(), cls.__name__
+        np.testing.assert_array_equal(first.spectra, again.spectra)  # the seed decides the noise
+    tiny_r2h_pipeline.scheduler = EulerDiscreteScheduler.from_config(config)
+    spreads = []
+    hook = tiny_r2h_pipeline.net.register_forward_pre_hook(lambda module, args: spreads.append(float(args[0].std())))
+    run(tiny_r2h_pipeline, rgb)
+    hook.remove()
+    assert len(spreads) == 5 and max(spreads) < 2.0, spreads
+
+
 def test_five_trailing_ddim_steps_by_default(tiny_r2h_pipeline, rgb):
     assert tiny_r2h_pipeline.config.default_denoising_steps == 5
     run(tiny_r2h_pipeline, rgb)
