@@ -240,6 +240,99 @@ def large_images_table() -> str:
     return _rows(["model", "image", "MP", "seconds (model loading included)", "peak memory (GiB)"], rows)
 
 
+SPEED_NAMES = {"uldm": "ULDM `checkpoints/uldm-cave`", "mstpp": "MST++ `checkpoints/mstpp-cave`"}
+SPEED_SHORT = {"uldm": "ULDM", "mstpp": "MST++"}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f}"
+
+
+def speed_before_after_table() -> str:
+    """docs/results.md: the side-by-side latencies and the ULDM's profile before and after the speed work, same
+    command (inference_speed.py)."""
+    before, after = _json("inference_speed_cpu_db0c55f.json"), _json("inference_speed_cpu_fp32.json")
+    rows = []
+    for size in after["side_by_side"]:
+        old, new = before["side_by_side"][size], after["side_by_side"][size]
+        rows.append([f"{size} x {size}", _ms(old["mstpp"]["seconds"]), _ms(old["uldm"]["seconds"]),
+                     f"{old['uldm']['ratio_to_first']:.2f}", _ms(new["mstpp"]["seconds"]),
+                     _ms(new["uldm"]["seconds"]), f"{new['uldm']['ratio_to_first']:.2f}"])
+    side = _rows(["image", "MST++ ms (before)", "ULDM ms (before)", "ULDM / MST++ (before)", "MST++ ms (after)",
+                  "ULDM ms (after)", "ULDM / MST++ (after)"], rows)
+    sizes = list(after["side_by_side"])
+    parts = list(after["profiles"][f"uldm@{sizes[0]}"])
+    rows = [[part] + [_ms(data["profiles"][f"uldm@{size}"][part]) for size in sizes for data in (before, after)]
+            for part in parts]
+    header = ["ULDM, one call, ms"] + [f"{size}: {when}" for size in sizes for when in ("before", "after")]
+    return side + "\n" + _rows(header, rows)
+
+
+def speed_side_table() -> str:
+    """README and docs/results.md: the models at their defaults, side by side (inference_speed.py)."""
+    data = _json("inference_speed_cpu.json")
+    rows = [[f"{size} x {size}", *(_ms(row["seconds"]) for row in models.values()),
+             *(f"{row['ratio_to_first']:.2f}" for row in list(models.values())[1:])]
+            for size, models in data["side_by_side"].items()]
+    names = list(next(iter(data["side_by_side"].values())))
+    short = [SPEED_SHORT.get(n, n) for n in names]
+    return _rows(["image", *(f"{s} ms / image" for s in short), *(f"{s} / {short[0]}" for s in short[1:])], rows)
+
+
+def speed_table() -> str:
+    """docs/results.md: the side by side, then every configuration of the CPU speed run (inference_speed.py)."""
+    data = _json("inference_speed_cpu.json")
+    rows = []
+    for row in data["configurations"]:
+        label = [SPEED_NAMES.get(row["model"], row["model"]), str(row["resolution"]), row["dtype"],
+                 row["variant"].replace("_", " ")]
+        if "error" in row:
+            rows.append(label + [f"failed: {row['error']}"] + ["-"] * 4)
+            continue
+        rates = ", ".join(f"{rate:.2f} (batch {batch})" for batch, rate in row["throughput"].items())
+        rows.append(label + [f"{row['ms_per_image_batch1']:.0f}", rates, f"{row['gflops_per_image']:.1f}",
+                             f"{row['achieved_tflops'] * 1000:.0f}",
+                             f"{row['warmup_seconds']:.0f}" if row["variant"] == "compile" else "-"])
+    header = ["model", "image", "dtype", "variant", "ms / image (batch 1)", "images / s", "GFLOP / image",
+              "achieved GFLOP/s", "compile s"]
+    return speed_side_table() + "\n" + _rows(header, rows)
+
+
+FLOP_PARTS = {"UNet2DConditionModel": "UNet", "EncoderTiny": "SpaAE encoder", "Encoder": "SpaAE encoder",
+              "DecoderTiny": "SpaAE decoder", "Decoder": "SpaAE decoder"}
+SCAFFOLD_NAMES = {"sd21-tiny": "SD 2.1 UNet + AutoencoderTiny (random weights)",
+                  "sd21-kl": "SD 2.1 UNet + AutoencoderKL (random weights)"}
+
+
+def flops_table() -> str:
+    """docs/results.md: GFLOP per 512 x 512 image by component (FlopCounterMode, inference_speed.py), and the time
+    that many FLOPs take at the H200's datasheet bf16 peak: a bound, not a measurement."""
+    peak = _benchmark("inference_speed").PEAKS["H200"]["bf16"]
+    rows = [row for row in _json("inference_speed_cpu.json")["configurations"]
+            if row["model"] == "uldm" and row["resolution"] == 512][:1]
+    rows += _json("inference_speed_sd21_cpu.json")["configurations"]
+    out = []
+    for row in rows:
+        parts = {"UNet": 0.0, "SpaAE encoder": 0.0, "SpaAE decoder": 0.0, "rest": 0.0}
+        for module, gflops in row["gflops_by_module"].items():
+            parts[FLOP_PARTS.get(module, "rest")] += gflops
+        name = SCAFFOLD_NAMES.get(row["model"], SPEED_NAMES.get(row["model"], row["model"]))
+        out.append([name, *(f"{value:.1f}" for value in parts.values()), f"{row['gflops_per_image']:.1f}",
+                    f"{row['gflops_per_image'] / peak:.2f}"])
+    return _rows(["model (1 step, 512 x 512)", "UNet", "SpaAE encoder", "SpaAE decoder", "rest", "GFLOP / image",
+                  f"ms at {peak:g} TFLOP/s"], out)
+
+
+def _benchmark(name: str):
+    """A sibling benchmark script as a module (they are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
     "results": (REPO / "docs" / "results.md", results_table),
     "peers": (REPO / "README.md", peers_table),
@@ -251,6 +344,10 @@ TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
     "ablation-costs": (REPO / "docs" / "results.md", costs_table),
     "rgb-pretrain": (REPO / "docs" / "results.md", training_table),
     "large-images": (REPO / "docs" / "results.md", large_images_table),
+    "speed-before-after": (REPO / "docs" / "results.md", speed_before_after_table),
+    "speed-cpu": (REPO / "docs" / "results.md", speed_table),
+    "speed-summary": (REPO / "README.md", speed_side_table),
+    "speed-flops": (REPO / "docs" / "results.md", flops_table),
 }
 
 

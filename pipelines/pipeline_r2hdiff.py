@@ -54,6 +54,7 @@ from .common import (
     resize_longer_side,
     resize_to,
     rgb_error_per_image,
+    sampling_timesteps,
     scheduler_step_kwargs,
 )
 
@@ -128,10 +129,10 @@ class R2HDiffPipeline(SpectralPipelineMixin, DiffusionPipeline):
     def denoise(self, rgb: torch.Tensor, noise: torch.Tensor, steps: int, **step_kwargs) -> torch.Tensor:
         """The scheduler (DDIM by default) from `noise` (model space) guided by `rgb` (same batch, [0, 1]) -> clean
         cubes in model space; `step_kwargs` from `scheduler_step_kwargs` (the generator, where the step takes one)."""
-        self.scheduler.set_timesteps(steps, device=noise.device)
+        timesteps = sampling_timesteps(self.scheduler, steps, noise.device)
         sample = noise * self.scheduler.init_noise_sigma
-        for t in self.scheduler.timesteps:
-            prediction = self.net(self.scheduler.scale_model_input(sample, t), rgb, t)
+        for t, t_device in timesteps:
+            prediction = self.net(self.scheduler.scale_model_input(sample, t), rgb, t_device)
             sample = self.scheduler.step(prediction, t, sample, **step_kwargs, return_dict=False)[0]
         return sample
 

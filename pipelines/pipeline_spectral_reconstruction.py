@@ -41,6 +41,7 @@ from .common import (
     resize_longer_side,
     resize_to,
     rgb_error_per_image,
+    sampling_timesteps,
     scheduler_step_kwargs,
 )
 
@@ -190,7 +191,7 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         padded = F.pad(rgb, (0, pad_w, 0, pad_h), mode="replicate")
 
         # 4. Condition latents (one per image, repeated per ensemble member) and initial noise
-        condition = torch.cat([self.encode_rgb(padded[i:i + 1]) for i in range(num_images)])
+        condition = torch.cat([self.encode_rgb(chunk) for chunk in padded.split(batch_size)])
         condition = condition.repeat_interleave(ensemble, dim=0)
         if latents is None:
             latents = draw_noise(ensemble, num_images, tuple(condition.shape[1:]), generator, device, dtype)
@@ -209,13 +210,13 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
             batches = self.progress_bar(range(0, len(latents), batch_size))
         for start in batches:
             sample, cond = latents[start:start + batch_size], condition[start:start + batch_size]
-            self.scheduler.set_timesteps(steps, device=device)
+            timesteps = sampling_timesteps(self.scheduler, steps, device)
             sample = sample * self.scheduler.init_noise_sigma
             step_kwargs = scheduler_step_kwargs(self.scheduler, generator, start, len(sample), ensemble)
-            for index, t in enumerate(self.scheduler.timesteps):
+            prompt = text.expand(len(sample), -1, -1)
+            for index, (t, t_device) in enumerate(timesteps):
                 model_input = torch.cat([cond, self.scheduler.scale_model_input(sample, t)], dim=1)
-                noise_pred = self.unet(model_input, t, encoder_hidden_states=text.expand(len(sample), -1, -1),
-                                       return_dict=False)[0]
+                noise_pred = self.unet(model_input, t_device, encoder_hidden_states=prompt, return_dict=False)[0]
                 sample = self.scheduler.step(noise_pred, t, sample, **step_kwargs, return_dict=False)[0]
                 if callback_on_step_end is not None:
                     sample = callback_on_step_end(self, index, t, {"latents": sample}).get("latents", sample)
@@ -249,10 +250,14 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         bands = self.speuae.num_bands
         layout = (num_images, height, width, bands) if channels_last else (num_images, bands, height, width)
         to_view = (lambda x: x.permute(0, 3, 1, 2)) if channels_last else (lambda x: x)
-        spectra = to_view(torch.empty(layout))
+        # outputs in host memory, whatever the device (bounded device memory at any size); page-locked next to a
+        # GPU, so each band's copy back runs at the bus's speed
+        pinned = rgb.device.type == "cuda"
+        spectra = to_view(torch.empty(layout, pin_memory=pinned))
         # one member has no spread: zeros that take no memory until read (np.zeros maps pages lazily)
-        spread = to_view(torch.from_numpy(np.zeros(layout, np.float32)) if ensemble == 1 else torch.empty(layout))
-        mean_codes = torch.empty(num_images, codes.shape[1], height, width)
+        spread = to_view(torch.from_numpy(np.zeros(layout, np.float32)) if ensemble == 1
+                         else torch.empty(layout, pin_memory=pinned))
+        mean_codes = torch.empty(num_images, codes.shape[1], height, width, pin_memory=pinned)
         rgb_error = torch.zeros(num_images)
         align = self.speuae.config.refine_block if self.speuae.config.refine_steps else 1
         # rows of neighbours a small-context SpeUAE sees: decoding, and encoding the prior's spectra before it
@@ -276,5 +281,6 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
             if ensemble > 1:
                 spread[..., rows_out, :] = std
             mean_codes[..., rows_out, :] = ensemble_statistics(code[..., inner, :], num_images, ensemble)[0]
-            rgb_error = torch.maximum(rgb_error, rgb_error_per_image(self.speuae.split, mean, band_rgb[..., inner, :]))
+            band_error = rgb_error_per_image(self.speuae.split, mean, band_rgb[..., inner, :])
+            rgb_error = torch.maximum(rgb_error, band_error.cpu())
         return spectra, spread, mean_codes, rgb_error

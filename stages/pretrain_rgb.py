@@ -35,6 +35,7 @@ from uldm.models.sd_adapter import (
     sampling_scheduler,
     save_sd_folder,
 )
+from uldm.pipelines.common import sampling_timesteps
 from uldm.training import (
     ConfigError,
     RunConfig,
@@ -138,14 +139,13 @@ def sample_images(unet, vae, noise_scheduler, prompt: torch.Tensor, count: int, 
                   seed: int) -> torch.Tensor:
     """`count` unconditional samples (count x 3 x H x W in [0, 1], sRGB-encoded): DDIM from seeded noise, decoded."""
     scheduler = sampling_scheduler(noise_scheduler)
-    scheduler.set_timesteps(steps, device=prompt.device)
     dtype = next(unet.parameters()).dtype
     generator = torch.Generator().manual_seed(seed)
     shape = (count, unet.config.out_channels, latent_size, latent_size)
     sample = torch.randn(shape, generator=generator).to(prompt.device, dtype)
     text = prompt.expand(count, -1, -1).to(dtype)
-    for t in scheduler.timesteps:
-        sample = scheduler.step(unet(sample, t, encoder_hidden_states=text).sample, t, sample).prev_sample
+    for t, t_device in sampling_timesteps(scheduler, steps, prompt.device):
+        sample = scheduler.step(unet(sample, t_device, encoder_hidden_states=text).sample, t, sample).prev_sample
     return ((spaae.decode(vae, sample).float() + 1) / 2).clamp(0, 1)
 
 

@@ -78,23 +78,69 @@ def test_model_cpu_offload_gives_the_on_gpu_result(family, tiny_uldm_dir, tiny_u
     np.testing.assert_allclose(out.rgb_error, on_gpu.rgb_error, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["uldm_prior", "r2hdiff"])
+def test_the_gpu_gives_the_cpus_spectra(family, tiny_uldm_prior_dir, tiny_r2h_dir, rgb):
+    """Everything runs on the execution device and only the outputs come back (page-locked host memory)."""
+    pipeline_class, folder = {"uldm_prior": (SpectralReconstructionPipeline, tiny_uldm_prior_dir),
+                              "r2hdiff": (R2HDiffPipeline, tiny_r2h_dir)}[family]
+    on_cpu = run(pipeline_class.from_pretrained(folder), rgb, ensemble_size=2, num_inference_steps=2)
+    on_gpu = run(pipeline_class.from_pretrained(folder).to("cuda"), rgb, ensemble_size=2, num_inference_steps=2)
+    for name in ("spectra", "uncertainty", "rgb_error"):
+        np.testing.assert_allclose(getattr(on_gpu, name), getattr(on_cpu, name), rtol=0, atol=1e-4, err_msg=name)
+
+
+def test_the_denoising_loop_never_waits_for_the_gpu(tiny_uldm_prior_dir, rgb):
+    """From the first step's end to the loop's end (steps 2 to 4: the scheduler's arithmetic, the UNet, the step),
+    no operation makes the host wait for the GPU: torch's sync debug mode raises on any that does."""
+    pipe = SpectralReconstructionPipeline.from_pretrained(tiny_uldm_prior_dir).to("cuda")
+    decode = pipe.decode_latents
+
+    def strict_from_now(pipeline, index, t, tensors):
+        torch.cuda.set_sync_debug_mode("error")
+        return tensors
+
+    def decode_leniently(latents):  # the loop is over: decoding and the outputs may copy back
+        torch.cuda.set_sync_debug_mode("default")
+        return decode(latents)
+
+    pipe.decode_latents = decode_leniently
+    try:
+        out = run(pipe, rgb, num_inference_steps=4, batch_size=2, ensemble_size=2,
+                  callback_on_step_end=strict_from_now)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert np.isfinite(out.spectra).all()
+
+
+def test_the_cli_runs_the_model_on_the_gpu_by_default(tiny_uldm_dir, rgb, tmp_path, monkeypatch):
+    from uldm import checkpoints
+    from uldm.cli import main
+    from uldm.images import save_png16
+
+    save_png16(tmp_path / "in" / "a.png", rgb)
+    loaded, load = [], checkpoints.load_reconstructor
+    monkeypatch.setattr(checkpoints, "load_reconstructor", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    assert main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_uldm_dir),
+                 "--input-space", "linear", "--dtype", "bf16"]) == 0
+    assert loaded[0].pipeline.device.type == "cuda" and loaded[0].pipeline.unet.dtype == torch.bfloat16
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(1.0 / np.mean((a - b) ** 2)))
 
 
-@pytest.mark.real_data
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("checkpoint", ["uldm-cave", "r2hdiff-cave"])
-def test_half_precision_of_the_shipped_models_stays_rgb_exact_and_near_fp32(checkpoint, dtype, cave_root):
+def test_half_precision_of_the_shipped_models_stays_rgb_exact_and_near_fp32(checkpoint, dtype):
     """On trained weights (untrained tiny nets amplify rounding arbitrarily), a half-precision pipeline must give
     finite spectra that re-render to the RGB exactly (the observable part is composed in float32) and stay close
-    to the fp32 answer."""
+    to the fp32 answer. On the bundled sample, so it needs no data beside the repository."""
     from uldm.checkpoints import CHECKPOINTS_DIR, load_pipeline
-    from uldm.data import read_scene
+    from uldm.io import load_cube
 
     folder = CHECKPOINTS_DIR / checkpoint
     full_pipe = load_pipeline(folder).to("cuda")
-    cube = read_scene(cave_root / "balloons_ms", format="cave").cube
+    cube, _ = load_cube(REPO / "samples" / "colorchecker_truth.h5")
     image = full_pipe.camera.render(cube).astype(np.float32)
     kwargs = {"rgb_consistent": True} if checkpoint.startswith("r2h") else {}
     full = run(full_pipe, image, **kwargs)

@@ -1,5 +1,6 @@
 """SpectralReconstructionPipeline: outputs, determinism, inputs, save/load and hub push/pull (tiny, untrained)."""
 
+import json
 import warnings
 
 import numpy as np
@@ -188,6 +189,24 @@ def test_cli_reconstruct_and_evaluate_with_a_pipeline_checkpoint(tiny_pipeline, 
     assert len(report["per_scene"]) == 3 and report["mean"]["rgb_error"] < 1e-5
 
 
+def test_cli_dtype_and_device_set_the_models_precision_and_place(tiny_pipeline, rgb, tmp_path, monkeypatch):
+    from uldm import checkpoints
+    from uldm.cli import main
+
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    save_png16(tmp_path / "in" / "a.png", rgb)
+    loaded, load = [], checkpoints.load_reconstructor
+    monkeypatch.setattr(checkpoints, "load_reconstructor", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    assert main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "pipe"),
+                 "--input-space", "linear", "--dtype", "bf16", "--device", "cpu"]) == 0
+    pipe = loaded[0].pipeline
+    assert pipe.unet.dtype == pipe.vae.dtype == torch.bfloat16 and pipe.device.type == "cpu"
+    row = json.loads((tmp_path / "out" / "manifest.json").read_text())["images"][0]
+    assert row["status"] == "done" and row["rgb_error"] < 1e-5  # composed in float32 whatever the networks' dtype
+    with pytest.raises(SystemExit):
+        main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--dtype", "int8"])
+
+
 def test_cli_push_and_pull(tiny_pipeline, tmp_path, hub_server, capsys):
     from uldm.cli import main
 
@@ -199,13 +218,99 @@ def test_cli_push_and_pull(tiny_pipeline, tmp_path, hub_server, capsys):
     assert "model_index.json" in capsys.readouterr().err
 
 
-def test_inference_speed_benchmark_runs_a_saved_pipeline(tiny_pipeline, tmp_path, load_benchmark, capsys):
+def test_inference_speed_benchmark_times_counts_and_profiles(tiny_pipeline, tmp_path, load_benchmark, capsys):
     module = load_benchmark("inference_speed")
     tiny_pipeline.save_pretrained(tmp_path / "pipe")
-    module.main(["--checkpoint", str(tmp_path / "pipe"), "--resolution", "16", "--count", "2", "--dtype", "fp32",
-                 "--batch-size", "1", "2"])
-    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.strip().startswith("fp32")]
-    assert [row[2] for row in rows] == ["1", "2"] and all(float(row[3]) > 0 for row in rows)  # batch, images/s
+    module.main(["--model", f"saved={tmp_path / 'pipe'}", "--model", "random=scaffold:tiny:kl", "--resolution", "16",
+                 "--batch-size", "1", "2", "--repeats", "2", "--channels-last", "--profile", "--peak-tflops", "2",
+                 "--json", str(tmp_path / "speed.json")])
+    data = json.loads((tmp_path / "speed.json").read_text())
+    side = data["side_by_side"]["16"]
+    assert side["saved"]["ratio_to_first"] == 1.0 and len(side["random"]["all_seconds"]) == 2
+    assert side["random"]["ratio_to_first"] == pytest.approx(side["random"]["seconds"] / side["saved"]["seconds"])
+    rows = data["configurations"]
+    assert [(row["model"], row["variant"]) for row in rows] == [("saved", "eager"), ("saved", "channels_last"),
+                                                                ("random", "eager"), ("random", "channels_last")]
+    for row in rows:
+        assert set(row["throughput"]) == {"1", "2"} and min(row["throughput"].values()) > 0
+        assert row["gflops_per_image"] > 0 and row["ms_per_image_batch1"] > 0
+        assert row["achieved_tflops"] == pytest.approx(row["gflops_per_image"] * max(row["throughput"].values()) / 1e3)
+        assert row["peak_share"] == pytest.approx(row["achieved_tflops"] / 2)
+    assert rows[0]["gflops_by_module"] and rows[0]["gflops_per_image"] == rows[1]["gflops_per_image"]
+    profile = data["profiles"]["saved@16"]
+    assert {"input (PNG read)", "VAE encode", "UNet", "VAE decode", "SpeUAE and prior", "composition",
+            "output (HDF5 write)"} <= set(profile)
+    assert profile["total"] == pytest.approx(sum(v for k, v in profile.items() if k != "total"))
+    assert all(seconds >= 0 for seconds in profile.values())
+    assert "profile: saved, 16 x 16" in capsys.readouterr().out
+
+
+def test_a_failing_configuration_is_a_row_and_the_benchmark_goes_on(tiny_pipeline, tmp_path, load_benchmark,
+                                                                      monkeypatch):
+    module = load_benchmark("inference_speed")
+    tiny_pipeline.save_pretrained(tmp_path / "pipe")
+    measure, calls = module.measure_configuration, []
+
+    def fails_first(*args, **kwargs):  # as a compiler error or running out of memory would
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("out of memory\ntraceback lines")
+        return measure(*args, **kwargs)
+
+    monkeypatch.setattr(module, "measure_configuration", fails_first)
+    assert module.main(["--model", f"saved={tmp_path / 'pipe'}", "--resolution", "16", "--batch-size", "1",
+                        "--repeats", "1", "--channels-last", "--json", str(tmp_path / "speed.json")]) == 0
+    first, second = json.loads((tmp_path / "speed.json").read_text())["configurations"]
+    assert first["error"] == "RuntimeError: out of memory" and first["variant"] == "eager"
+    assert second["variant"] == "channels_last" and second["throughput"]["1"] > 0
+
+
+def test_the_profile_timer_charges_nested_calls_to_the_inner_label(load_benchmark):
+    module = load_benchmark("inference_speed")
+    now = [0.0]
+
+    class Work:
+        def outer(self):
+            now[0] += 1
+            self.inner()
+            now[0] += 2
+
+        def inner(self):
+            now[0] += 10
+
+    work = Work()
+    timer = module.ComponentTimer(torch.device("cpu"), clock=lambda: now[0])
+    timer.wrap(work, "inner", "inner")
+    timer.wrap(work, "outer", "outer")
+    work.outer()
+    work.inner()
+    assert timer.seconds == {"outer": 3.0, "inner": 20.0}
+    timer.restore()
+    assert not vars(work)  # the class's methods show again
+
+
+def test_ensemble_statistics_are_the_population_mean_and_std():
+    from uldm.pipelines.common import ensemble_statistics
+
+    samples = torch.randn(6, 5, 7, 4)[..., 1:3]  # 2 images x 3 members, strided as the composition hands them over
+    mean, std = ensemble_statistics(samples, 2, 3)
+    grouped = samples.reshape(2, 3, 5, 7, 2)
+    torch.testing.assert_close(mean, grouped.mean(dim=1))
+    torch.testing.assert_close(std, grouped.std(dim=1, unbiased=False))
+    single_mean, single_std = ensemble_statistics(samples, 6, 1)
+    assert torch.equal(single_mean, samples) and not single_std.any()
+
+
+def test_the_schedule_stays_on_the_cpu_and_the_network_gets_a_device_copy():
+    """DDIM's step compares and indexes with its timestep: on a GPU tensor each step would wait for the GPU."""
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    from uldm.pipelines.common import sampling_timesteps
+
+    for scheduler in (DDIMScheduler(timestep_spacing="trailing"), EulerDiscreteScheduler()):
+        pairs = sampling_timesteps(scheduler, 4, torch.device("meta"))
+        assert [int(t) for t, _ in pairs] == scheduler.timesteps.tolist() and len(pairs) == 4
+        assert all(t.device.type == "cpu" and on_device.device.type == "meta" for t, on_device in pairs)
 
 
 def test_processing_resolution_shrinks_large_images_and_never_enlarges_small_ones(tiny_pipeline, rgb):

@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -35,6 +36,22 @@ def test_the_shipped_checkpoints_reconstruct_the_bundled_sample(checkpoint, tmp_
     assert data["mean"]["psnr"] > observable_part_psnr(CameraResponse.from_preset("nikon5100"))
     if checkpoint not in ("r2hdiff-cave", "mstpp-cave"):  # the peers are RGB-exact only with rgb_consistent=True
         assert data["mean"]["rgb_error"] < 1e-6
+
+
+def test_the_shipped_uldm_in_bf16_stays_exact_in_rgb_and_near_its_fp32_quality():
+    """bf16 end to end except the composition (float32); the SpeUAE's solves run in float32 (they raised before)."""
+    from uldm.checkpoints import load_pipeline
+
+    truth, _ = load_cube(SAMPLE_TRUTH)
+    full = load_pipeline(REPO / "checkpoints" / "uldm-cave")
+    rgb = full.camera.render(truth).astype(np.float32)
+
+    def run(pipeline):
+        return pipeline(rgb, input_space="linear", generator=torch.Generator().manual_seed(0), show_progress_bar=False)
+
+    fp32, bf16 = run(full), run(load_pipeline(REPO / "checkpoints" / "uldm-cave", dtype=torch.bfloat16))
+    assert np.isfinite(bf16.spectra).all() and bf16.rgb_error.max() < 1e-5
+    assert psnr(bf16.spectra[0], truth) > psnr(fp32.spectra[0], truth) - 0.5
 
 
 def test_evaluating_one_scene_file_needs_its_format(tmp_path, capsys):

@@ -189,6 +189,18 @@ def test_block_gauss_newton_shares_one_jacobian_per_block_and_keeps_each_pixels_
         SpeUAE(refine_block=0)
 
 
+@pytest.mark.parametrize("refine_block", [1, 4])
+def test_a_bf16_speuae_refines_its_codes_with_float32_solves(refine_block):
+    """A pipeline loaded in bf16 holds a bf16 SpeUAE: its Gauss-Newton solves (no half kernels) run in float32."""
+    model = SpeUAE(**SMALL, refine_steps=2, refine_block=refine_block).eval()
+    hsi, rgb, _ = codes_the_decoder_can_match(model, smooth=True)
+    with torch.no_grad():
+        full = model.encode(hsi, rgb)
+        half = model.to(torch.bfloat16).encode(hsi.bfloat16(), rgb.bfloat16())
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), full, atol=0.05, rtol=0)
+
+
 def test_the_benchmark_scores_refined_encoding(load_benchmark):
     model = SpeUAE(**SMALL).eval()
     hsi, _, _ = codes_the_decoder_can_match(model)

@@ -7,11 +7,14 @@ Every loaded model is a `Reconstructor`: it knows its camera and maps linear RGB
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Protocol, Union
+from typing import TYPE_CHECKING, Optional, Protocol, Union
 
 import numpy as np
 
 from .camera import CameraResponse
+
+if TYPE_CHECKING:
+    import torch
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
 # Best shipped model first; the first one present is the default.
@@ -97,16 +100,21 @@ def load_pipeline(spec: Union[str, Path], *, revision: Optional[str] = None, cac
 
 
 def load_reconstructor(spec: Optional[Union[str, Path]] = None, steps: Optional[int] = None,
-                       ensemble: Optional[int] = None, seed: int = 0,
-                       processing_resolution: Optional[int] = None) -> Reconstructor:
+                       ensemble: Optional[int] = None, seed: int = 0, processing_resolution: Optional[int] = None,
+                       device: Optional[Union[str, torch.device]] = None,
+                       dtype: Optional[torch.dtype] = None) -> Reconstructor:
     """A model from a baseline .npz, a pipeline folder or hub id, or None for the best shipped checkpoint.
 
-    `steps`, `ensemble`, `seed` and `processing_resolution` apply to diffusion pipelines (None: their defaults).
+    `steps`, `ensemble`, `seed`, `processing_resolution`, `device` (default: where it loads, the CPU) and `dtype`
+    (default: as saved) apply to pipelines; the regression runs in NumPy.
     """
     path = Path(spec if spec is not None else default_checkpoint())
     if path.suffix == ".npz":
         from .baseline import RootPolynomialRegression
 
         return RootPolynomialRegression.load(path)
-    return PipelineReconstructor(load_pipeline(str(path)), steps=steps, ensemble=ensemble, seed=seed,
+    pipeline = load_pipeline(str(path), **({"dtype": dtype} if dtype is not None else {}))
+    if device is not None:
+        pipeline.to(device)
+    return PipelineReconstructor(pipeline, steps=steps, ensemble=ensemble, seed=seed,
                                  processing_resolution=processing_resolution)

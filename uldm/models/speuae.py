@@ -76,6 +76,12 @@ def _gelu_and_slope(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 WITH_SLOPE = {nn.SiLU: _silu_and_slope, nn.ReLU: _relu_and_slope, nn.GELU: _gelu_and_slope}
 
 
+def _solvable(x: torch.Tensor) -> torch.Tensor:
+    """`x` in a precision linalg solves take: bf16/fp16 (a half-precision pipeline) go to float32; neither has
+    solve or inverse kernels, and the per-pixel normal matrices need the mantissa."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
 def _pixels(image: torch.Tensor) -> torch.Tensor:
     """N x C x H x W -> (N H W) x C, one row per pixel."""
     return image.movedim(1, -1).reshape(-1, image.shape[1])
@@ -268,8 +274,8 @@ class SpeUAE(ModelMixin, ConfigMixin):
     @torch.no_grad()
     def _refine(self, code: torch.Tensor, u: torch.Tensor, features: torch.Tensor, steps: int) -> torch.Tensor:
         """`steps` Gauss-Newton steps on every pixel's code, towards the least-squares fit of the decoder's output
-        to `u` (as the MLPs see both); codes stay in [-1, 1]. Runs in the model's precision (autocast off):
-        solve has no half kernels."""
+        to `u` (as the MLPs see both); codes stay in [-1, 1]. Runs in the model's precision (autocast off), except
+        the solves of a bf16/fp16 model, which run in float32 (`_solvable`)."""
         dtype, block = code.dtype, self.config.refine_block
         code, u, features = (t.to(self.dtype) for t in (code, u, features))
         with torch.autocast(code.device.type, enabled=False):
@@ -301,8 +307,9 @@ class SpeUAE(ModelMixin, ConfigMixin):
         and Jacobian in one forward-mode pass)."""
         for _ in range(steps):
             value, jac = self._decoder_jacobian(code, features)
-            step = torch.linalg.solve(self._normal_matrix(jac), jac @ (target - value)[..., None])[..., 0]
-            code = (code + step).clamp(-1, 1)
+            jac, residual = _solvable(jac), _solvable(target - value)
+            step = torch.linalg.solve(self._normal_matrix(jac), jac @ residual[..., None])[..., 0]
+            code = (code + step.to(code.dtype)).clamp(-1, 1)
         return code
 
     def _block_gauss_newton_step(self, code: torch.Tensor, features: torch.Tensor, target: torch.Tensor,
@@ -314,7 +321,7 @@ class SpeUAE(ModelMixin, ConfigMixin):
         pooled = [F.avg_pool2d(F.pad(t, pad, mode="replicate"), block) for t in (code, features)]
         flat = [_pixels(t) for t in pooled]
         jac = torch.cat([self._decoder_jacobian(*chunk)[1] for chunk in zip(*(t.split(INFERENCE_CHUNK) for t in flat))])
-        maps = torch.linalg.inv(self._normal_matrix(jac)) @ jac  # (JᵀJ)⁻¹Jᵀ per block: k x (B-3)
+        maps = (torch.linalg.inv(self._normal_matrix(_solvable(jac))) @ _solvable(jac)).to(jac.dtype)  # (JᵀJ)⁻¹Jᵀ
         rows, cols = pooled[0].shape[2:]
         maps = maps.view(n, rows, cols, k, -1)
         residual = target - self._unobservable_mlp(code, features)
