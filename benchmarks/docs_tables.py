@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import runpy
 import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -307,7 +308,7 @@ SCAFFOLD_NAMES = {"sd21-tiny": "SD 2.1 UNet + AutoencoderTiny (random weights)",
 def flops_table() -> str:
     """docs/results.md: GFLOP per 512 x 512 image by component (FlopCounterMode, inference_speed.py), and the time
     that many FLOPs take at the H200's datasheet bf16 peak: a bound, not a measurement."""
-    peak = _benchmark("inference_speed").PEAKS["H200"]["bf16"]
+    peak = runpy.run_path(str(REPO / "benchmarks" / "inference_speed.py"))["PEAKS"]["H200"]["bf16"]
     rows = [row for row in _json("inference_speed_cpu.json")["configurations"]
             if row["model"] == "uldm" and row["resolution"] == 512][:1]
     rows += _json("inference_speed_sd21_cpu.json")["configurations"]
@@ -321,16 +322,6 @@ def flops_table() -> str:
                     f"{row['gflops_per_image'] / peak:.2f}"])
     return _rows(["model (1 step, 512 x 512)", "UNet", "SpaAE encoder", "SpaAE decoder", "rest", "GFLOP / image",
                   f"ms at {peak:g} TFLOP/s"], out)
-
-
-def _benchmark(name: str):
-    """A sibling benchmark script as a module (they are scripts, not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 TABLES: dict[str, tuple[Path, Callable[[], str]]] = {

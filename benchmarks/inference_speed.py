@@ -19,7 +19,8 @@ Models: a pipeline folder or hub id (any uldm pipeline), or `scaffold:SIZE:VAE`:
    ms per image at batch 1, images/s at each --batch-size, GFLOP per image (torch's FlopCounterMode over one
    batch-1 call: matmuls, convolutions and attention, multiply-add = 2), achieved TFLOP/s at the best throughput
    and its share of the device's peak (PEAKS: vendor datasheets, dense; --peak-tflops for other devices), peak
-   memory (CUDA's max_memory_allocated; on the CPU the resident set's growth over the calls, sampled every 2 ms).
+   memory (CUDA's max_memory_allocated less the other models loaded beside it; on the CPU the resident set's growth
+   over the calls, sampled every 2 ms).
 3. --profile: one batch-1 call at the defaults, split by timers around each component (exclusive time; CUDA is
    synchronised at every boundary): input (read an sRGB PNG), VAE encode, UNet, VAE decode, SpeUAE and prior,
    composition, the rest of the pipeline, output (write the HDF5 cube).
@@ -30,6 +31,7 @@ The first call of every configuration (allocation, kernel selection) is a warm-u
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import os
 import sys
@@ -45,10 +47,11 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from uldm.checkpoints import PipelineReconstructor, load_pipeline
+from uldm.cli import DTYPES as DTYPE_NAMES
 from uldm.io import save_json
 
 HERE = Path(__file__).resolve().parent
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {name: getattr(torch, attribute) for name, attribute in DTYPE_NAMES.items()}  # the CLI's --dtype names
 
 # Dense tensor-core peaks in TFLOP/s (NVIDIA datasheets; their sparsity figures halved). fp32 is TF32 tensor-core
 # math where PyTorch uses it (convolutions by default), so an fp32 share is against that, not plain fp32.
@@ -68,8 +71,9 @@ PROFILE_ORDER = ("input (PNG read)", "VAE encode", "UNet", "VAE decode", "SpeUAE
 
 
 # ------------------------------------------------------------------------------------------------ models
+@functools.cache
 def _benchmark(name: str):
-    """A sibling benchmark script as a module (they are scripts, not a package)."""
+    """A sibling benchmark script as a module (they are scripts, not a package), loaded once."""
     spec = importlib.util.spec_from_file_location(name, HERE / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -217,16 +221,24 @@ def measure_configuration(pipeline, size: int, batch_sizes: Sequence[int], repea
     row["warmup_seconds"] = first - min(latencies)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+        others = torch.cuda.memory_allocated(device) - weight_bytes(pipeline)  # the other models loaded beside it
     with ResidentPeak() as resident:
         for batch in batch_sizes:
             images = test_images(batch, size)
             call(pipeline, images, batch)  # warm-up at this batch size
             seconds = min(timed(lambda: call(pipeline, images, batch), device)[0] for _ in range(repeats))
             row["throughput"][str(batch)] = batch / seconds
-    row["peak_memory_gib"] = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
+    row["peak_memory_gib"] = ((torch.cuda.max_memory_allocated(device) - others) / 2**30 if device.type == "cuda"
                               else resident.gib)
-    row["peak_memory_kind"] = "cuda max_memory_allocated" if device.type == "cuda" else "resident set growth"
+    row["peak_memory_kind"] = ("cuda max_memory_allocated, this model's weights and work" if device.type == "cuda"
+                               else "resident set growth")
     return row
+
+
+def weight_bytes(pipeline) -> int:
+    """Bytes of the pipeline's parameters and buffers."""
+    modules = [c for c in pipeline.components.values() if isinstance(c, torch.nn.Module)]
+    return sum(t.numel() * t.element_size() for m in modules for t in [*m.parameters(), *m.buffers()])
 
 
 def flops_per_image(pipeline, size: int) -> tuple[float, dict[str, float]]:

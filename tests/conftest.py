@@ -258,6 +258,16 @@ def tiny_pipeline(tiny_sd_dir, tiny_speuae_dir):
 
 
 @pytest.fixture
+def loaded_reconstructors(monkeypatch) -> list:
+    """Every model `uldm.checkpoints.load_reconstructor` returns while the test runs (the CLI loads through it)."""
+    from uldm import checkpoints
+
+    loaded, load = [], checkpoints.load_reconstructor
+    monkeypatch.setattr(checkpoints, "load_reconstructor", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
+    return loaded
+
+
+@pytest.fixture
 def load_benchmark():
     """Import a script from benchmarks/ by name (they are scripts, not a package): load_benchmark("compare_models")."""
     import importlib.util

@@ -112,17 +112,15 @@ def test_the_denoising_loop_never_waits_for_the_gpu(tiny_uldm_prior_dir, rgb):
     assert np.isfinite(out.spectra).all()
 
 
-def test_the_cli_runs_the_model_on_the_gpu_by_default(tiny_uldm_dir, rgb, tmp_path, monkeypatch):
-    from uldm import checkpoints
+def test_the_cli_runs_the_model_on_the_gpu_by_default(tiny_uldm_dir, rgb, tmp_path, loaded_reconstructors):
     from uldm.cli import main
     from uldm.images import save_png16
 
     save_png16(tmp_path / "in" / "a.png", rgb)
-    loaded, load = [], checkpoints.load_reconstructor
-    monkeypatch.setattr(checkpoints, "load_reconstructor", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
     assert main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint", str(tiny_uldm_dir),
                  "--input-space", "linear", "--dtype", "bf16"]) == 0
-    assert loaded[0].pipeline.device.type == "cuda" and loaded[0].pipeline.unet.dtype == torch.bfloat16
+    pipe = loaded_reconstructors[0].pipeline
+    assert pipe.device.type == "cuda" and pipe.unet.dtype == torch.bfloat16
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

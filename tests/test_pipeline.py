@@ -189,17 +189,14 @@ def test_cli_reconstruct_and_evaluate_with_a_pipeline_checkpoint(tiny_pipeline, 
     assert len(report["per_scene"]) == 3 and report["mean"]["rgb_error"] < 1e-5
 
 
-def test_cli_dtype_and_device_set_the_models_precision_and_place(tiny_pipeline, rgb, tmp_path, monkeypatch):
-    from uldm import checkpoints
+def test_cli_dtype_and_device_set_the_models_precision_and_place(tiny_pipeline, rgb, tmp_path, loaded_reconstructors):
     from uldm.cli import main
 
     tiny_pipeline.save_pretrained(tmp_path / "pipe")
     save_png16(tmp_path / "in" / "a.png", rgb)
-    loaded, load = [], checkpoints.load_reconstructor
-    monkeypatch.setattr(checkpoints, "load_reconstructor", lambda *a, **k: loaded.append(load(*a, **k)) or loaded[-1])
     assert main(["reconstruct", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "pipe"),
                  "--input-space", "linear", "--dtype", "bf16", "--device", "cpu"]) == 0
-    pipe = loaded[0].pipeline
+    pipe = loaded_reconstructors[0].pipeline
     assert pipe.unet.dtype == pipe.vae.dtype == torch.bfloat16 and pipe.device.type == "cpu"
     row = json.loads((tmp_path / "out" / "manifest.json").read_text())["images"][0]
     assert row["status"] == "done" and row["rgb_error"] < 1e-5  # composed in float32 whatever the networks' dtype

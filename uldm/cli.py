@@ -61,6 +61,9 @@ def camera_and_degradation(args: argparse.Namespace):
     return CameraResponse.load(args.camera), degradation_from_args(args)
 
 
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype names -> torch attribute names
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint and the diffusion options every command that runs a model takes."""
     parser.add_argument("--checkpoint", help="pipeline folder, hub id (org/name) or baseline .npz "
@@ -75,9 +78,6 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "units; the spectra are composed in float32 either way, so they stay exact in RGB)")
     parser.add_argument("--device", help="where the model runs (default: this process's accelerator, else the CPU; "
                                          "under `accelerate launch` each process its own GPU)")
-
-
-DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def model_from_args(args: argparse.Namespace):
