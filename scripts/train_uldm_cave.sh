@@ -15,16 +15,27 @@
 #   bash scripts/train_uldm_cave.sh                           # arm c, standard split, seed 0 -> runs/cave-std/c-seed0
 #   bash scripts/train_uldm_cave.sh --arm a --split b --seed 1
 #   bash scripts/train_uldm_cave.sh --ship                    # ... then install it as checkpoints/uldm-cave
+#   bash scripts/train_uldm_cave.sh --split cv3 --recipe crossval --runs runs/crossval/uldm-c
+#                                     # fold 3 of the cross-validation (benchmarks/crossval.py), at its cheaper recipe
+# --recipe crossval: the same stages with fewer steps (SpeUAE 4000, RGB pre-training 500, SpaAE adaptation 100,
+# stage 2 300), identical for every
+# fold (benchmarks/crossval.py states it in its table); the RGB pre-training of the UNet (no CAVE data) is shared by
+# the folds when --pretrained-runs names one folder for all of them.
+# --code-prior scene_mixture: stage 2 with the scene mixture prior instead of the config's regression, written to
+# <arm>-seed<seed>-scene_mixture beside the default (the stages before it are shared).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
-ARM=c SPLIT=std SEED=0 SHIP=0 RUNS=runs
+ARM=c SPLIT=std SEED=0 SHIP=0 RUNS=runs RECIPE=full PRETRAINED_RUNS="" CODE_PRIOR=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --arm) ARM="$2"; shift 2 ;;
         --split) SPLIT="$2"; shift 2 ;;
         --seed) SEED="$2"; shift 2 ;;
         --runs) RUNS="$2"; shift 2 ;;
+        --recipe) RECIPE="$2"; shift 2 ;;
+        --code-prior) CODE_PRIOR="$2"; shift 2 ;;
+        --pretrained-runs) PRETRAINED_RUNS="$2"; shift 2 ;;
         --ship) SHIP=1; shift ;;
         -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "unknown argument $1 (see --help)" >&2; exit 2 ;;
@@ -34,13 +45,21 @@ case "$ARM" in a|b|c) ;; *) echo "--arm must be a, b or c" >&2; exit 2 ;; esac
 case "$SPLIT" in
     std) TRAIN=train VAL=val ;;
     b) TRAIN=stages/configs/splits/cave_b_train.txt VAL=stages/configs/splits/cave_b_val.txt ;;
-    *) echo "--split must be std or b" >&2; exit 2 ;;
+    cv[0-4]) TRAIN=stages/configs/splits/cv5_fold${SPLIT#cv}_train.txt VAL=stages/configs/splits/cv5_fold${SPLIT#cv}_val.txt ;;
+    *) echo "--split must be std, b or cv0 ... cv4" >&2; exit 2 ;;
+esac
+case "$RECIPE" in
+    full) SPEUAE_STEPS=() PRETRAIN_STEPS=() SPAAE_STEPS=() STAGE2_STEPS=() ;;
+    crossval) SPEUAE_STEPS=(--set max_train_steps=4000) PRETRAIN_STEPS=(--set max_train_steps=500)
+              SPAAE_STEPS=(--set max_train_steps=100) STAGE2_STEPS=(--set max_train_steps=300 --set checkpointing_steps=100) ;;
+    *) echo "--recipe must be full or crossval" >&2; exit 2 ;;
 esac
 if [ "$SHIP" = 1 ] && [ "$SPLIT" != std ]; then echo "--ship takes the standard split" >&2; exit 2; fi
 
 # shellcheck disable=SC1091
 source scripts/setup.sh
 SPLIT_DIR="$RUNS/cave-$SPLIT"
+SHARED="${PRETRAINED_RUNS:-$RUNS}"  # split-independent stages: the SD scaffold and the UNet's RGB pre-training
 SCENES=(--set "train_scenes=$TRAIN" --set "val_scenes=$VAL")
 
 run_stage() {  # run_stage OUTPUT COMMAND...: skip when OUTPUT exists, else run (resuming from checkpoints)
@@ -55,16 +74,16 @@ run_stage() {  # run_stage OUTPUT COMMAND...: skip when OUTPUT exists, else run 
 
 # 1. SpeUAE on the split's training scenes
 run_stage "$SPLIT_DIR/speuae/speuae" python stages/train_speuae.py --config stages/configs/speuae_cave_fast.yaml \
-    --set "output_dir=$SPLIT_DIR/speuae" "${SCENES[@]}" --resume_from_checkpoint latest
+    --set "output_dir=$SPLIT_DIR/speuae" "${SCENES[@]}" "${SPEUAE_STEPS[@]}" --resume_from_checkpoint latest
 
 # 2. the SD scaffold: the UNet's random start is the same (seed 0) whatever the SpaAE's weights
 if [ "$ARM" = a ]; then
-    BASE="$RUNS/sd-taesd3-random"
+    BASE="$SHARED/sd-taesd3-random"
     run_stage "$BASE" python -m uldm.sd_scaffold "$BASE" base --vae taesd3 --vae-init random --prediction-type sample
     ADAPT=(--set "sd_folder=$BASE" --set learning_rate=1.0e-3 --set latent_anchor_weight=0)
     SPAAE="$SPLIT_DIR/spaae-random"
 else
-    BASE="$RUNS/sd-taesd3"
+    BASE="$SHARED/sd-taesd3"
     run_stage "$BASE" python -m uldm.sd_scaffold "$BASE" base --vae taesd3 --prediction-type sample
     ADAPT=(--set "sd_folder=$BASE")
     SPAAE="$SPLIT_DIR/spaae-taesd3"
@@ -72,24 +91,31 @@ fi
 
 # 3. RGB pre-training of the UNet on photographs (split-independent: no CAVE data)
 if [ "$ARM" = c ]; then
-    run_stage "$RUNS/rgb-pretrain/sd" python stages/pretrain_rgb.py --config stages/configs/rgb_pretrain_cpu.yaml \
-        --set "output_dir=$RUNS/rgb-pretrain" --set "sd_folder=$BASE" --resume_from_checkpoint latest
+    run_stage "$SHARED/rgb-pretrain/sd" python stages/pretrain_rgb.py --config stages/configs/rgb_pretrain_cpu.yaml \
+        --set "output_dir=$SHARED/rgb-pretrain" --set "sd_folder=$BASE" "${PRETRAIN_STEPS[@]}" --resume_from_checkpoint latest
 fi
 
 # 4. the SpaAE adapted to the split's RGB and code images
 run_stage "$SPAAE/sd" python stages/pretrain_spaae.py --config stages/configs/spaae_cave_taesd3.yaml \
     --set "output_dir=$SPAAE" --set "speuae_path=$SPLIT_DIR/speuae/speuae" "${SCENES[@]}" "${ADAPT[@]}" \
-    --resume_from_checkpoint latest
+    "${SPAAE_STEPS[@]}" --resume_from_checkpoint latest
 
 # 5. stage 2 from the arm's UNet, with the adapted SpaAE
 case "$ARM" in
-    a|b) START=(--set "pretrained_model_name_or_path=$SPAAE/sd" --set pretrained_vae_model_name_or_path=null) ;;
-    c) START=(--set "pretrained_model_name_or_path=$RUNS/rgb-pretrain/sd" --set "pretrained_vae_model_name_or_path=$SPAAE/sd") ;;
+    a) START=(--set "pretrained_model_name_or_path=$SPAAE/sd" --set pretrained_vae_model_name_or_path=null \
+              --set base_model=null) ;;  # nothing pretrained: no base model for its card
+    b) START=(--set "pretrained_model_name_or_path=$SPAAE/sd" --set pretrained_vae_model_name_or_path=null) ;;
+    c) START=(--set "pretrained_model_name_or_path=$SHARED/rgb-pretrain/sd" --set "pretrained_vae_model_name_or_path=$SPAAE/sd") ;;
 esac
 OUT="$SPLIT_DIR/$ARM-seed$SEED"
+PRIOR=()
+if [ -n "$CODE_PRIOR" ]; then  # another code prior than the config's: its own stage 2, beside the default one
+    OUT="$OUT-$CODE_PRIOR"
+    PRIOR=(--set "code_prior=$CODE_PRIOR")
+fi
 run_stage "$OUT/pipeline" python stages/train_uldm.py --config stages/configs/uldm_cave_taesd3.yaml \
     --set "output_dir=$OUT" --set "speuae_path=$SPLIT_DIR/speuae/speuae" "${SCENES[@]}" "${START[@]}" \
-    --set "seed=$SEED" --resume_from_checkpoint latest
+    --set "seed=$SEED" "${STAGE2_STEPS[@]}" "${PRIOR[@]}" --resume_from_checkpoint latest
 echo "== pipeline: $OUT/pipeline"
 
 # 6. install as the shipped checkpoint, with a model card generated from the runs' own records

@@ -25,6 +25,7 @@ from uldm.baseline import DEGREES, RootPolynomialRegression
 from uldm.degradation import Degradation
 from uldm.models import SpeUAE, spaae
 from uldm.models.code_prior import RootPolynomialPrior, code_to_residual, prior_code
+from uldm.models.scene_prior import SceneMixturePrior
 from uldm.models.sd_adapter import (
     StableDiffusionLoadError,
     StableDiffusionParts,
@@ -53,7 +54,7 @@ from uldm.training import (
     validate_pipeline,
 )
 
-CODE_PRIORS = ("none", "root_polynomial")
+CODE_PRIORS = ("none", "root_polynomial", "scene_mixture")
 
 
 @dataclass
@@ -67,7 +68,9 @@ class ULDMConfig(PipelineConfig):
     learning_rate: float = 5e-5
     train_vae_decoder: bool = False  # also fine-tune the VAE decoder to reproduce code images
     vae_learning_rate: float = 1e-5
-    # "root_polynomial": the diffusion model generates the code's residual from that regression's code
+    # "root_polynomial": the diffusion model generates the code's residual from that regression's code;
+    # "scene_mixture": from the code of the scene-adaptive mixture of per-scene regressions (uldm.models.scene_prior),
+    # each training patch's own scene left out of the bank, as a scene at inference is not in it
     code_prior: str = "none"
     code_prior_degree: int = 2  # the regression's root-polynomial degree (1 to 4; 2 is the baseline)
     code_residual_scale: float = 3.0  # the residual is multiplied by this before the VAE (so it fills [-1, 1])
@@ -149,15 +152,29 @@ def pipeline_defaults(config: ULDMConfig) -> dict[str, Union[float, str]]:
             "rgb_encoding": config.rgb_encoding}
 
 
-def build_code_prior(config: ULDMConfig, camera) -> Optional[RootPolynomialPrior]:
-    """The root-polynomial regression fitted on every pixel of the training scenes (None without a prior)."""
+def build_code_prior(config: ULDMConfig, camera) -> Optional[Union[RootPolynomialPrior, SceneMixturePrior]]:
+    """The code prior fitted on the training scenes (None without one): the root-polynomial regression on every
+    pixel, or the scene mixture (its bank and its gate, `uldm.scene_prior_fit`)."""
     if config.code_prior == "none":
         return None
-    regression = RootPolynomialRegression.fit_scenes(scene_paths(config, config.train_scenes), camera,
-                                                     Degradation.from_config(config.degradation),
-                                                     format=config.data_format, seed=config.seed,
-                                                     degree=config.code_prior_degree)
+    scenes = scene_paths(config, config.train_scenes)
+    degradation = Degradation.from_config(config.degradation)
+    if config.code_prior == "scene_mixture":
+        from uldm.scene_prior_fit import fit_scene_mixture_prior, scene_data
+
+        data = scene_data(scenes, camera, degradation, format=config.data_format, seed=config.seed)
+        return fit_scene_mixture_prior(data, camera, degree=config.code_prior_degree, seed=config.seed)[0]
+    regression = RootPolynomialRegression.fit_scenes(scenes, camera, degradation, format=config.data_format,
+                                                     seed=config.seed, degree=config.code_prior_degree)
     return RootPolynomialPrior.from_regression(regression)
+
+
+def prior_for_patches(code_prior, names: Optional[Sequence[str]]):
+    """The prior a batch of training patches is encoded with: a scene mixture leaves each patch's own scene out of
+    its bank (`SceneMixturePrior.excluding`); other priors are the same for every patch."""
+    if isinstance(code_prior, SceneMixturePrior) and names is not None:
+        return code_prior.excluding(names)
+    return code_prior
 
 
 def load_uldm_parts(folder: Path, rgb_encoding: str = "linear") -> StableDiffusionParts:
@@ -265,9 +282,11 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
         hsi, rgb = hsi.to(accelerator.device), rgb.to(accelerator.device)
         return (hsi, rgb) if augment is None else augment(hsi, rgb)
 
-    def encode(hsi: torch.Tensor, rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def encode(hsi: torch.Tensor, rgb: torch.Tensor, names: Optional[Sequence[str]] = None
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latents of augmented patches, live or for the cache (whose fingerprint holds the augmentation's config)."""
-        return encode_latents(vae, speuae, *augmented(hsi, rgb), code_prior, residual_scale, config.rgb_encoding)
+        return encode_latents(vae, speuae, *augmented(hsi, rgb), prior_for_patches(code_prior, names), residual_scale,
+                              config.rgb_encoding)
 
     if config.precompute_latents:
         from uldm.latent_cache import (
@@ -282,7 +301,8 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
                            "speuae": {k: v for k, v in speuae.config.items() if not k.startswith("_")},  # refine_steps
                            "weights": weights_digest(speuae, vae)}
             build_latent_cache(folder, dataset, config.latent_cache_epochs,
-                               lambda batch: dict(zip(("mean", "std", "condition"), encode(batch["hsi"], batch["rgb"]))),
+                               lambda batch: dict(zip(("mean", "std", "condition"),
+                                                      encode(batch["hsi"], batch["rgb"], batch.get("name")))),
                                fingerprint)
         accelerator.wait_for_everyone()
         dataset = LatentCacheDataset(folder, config.latent_cache_epochs)
@@ -308,15 +328,17 @@ def train(config: ULDMConfig, resume_from: Optional[str] = None):
     def loss_fn(batch) -> tuple[torch.Tensor, dict[str, float]]:
         if "mean" in batch:  # cached
             hsi = rgb = None
+            patch_prior = code_prior
             mean, std, condition = batch["mean"], batch["std"], batch["condition"]
         else:
             hsi, rgb = augmented(batch["hsi"], batch["rgb"])
-            mean, std, condition = encode_latents(vae, speuae, hsi, rgb, code_prior, residual_scale, config.rgb_encoding)
+            patch_prior = prior_for_patches(code_prior, batch.get("name"))
+            mean, std, condition = encode_latents(vae, speuae, hsi, rgb, patch_prior, residual_scale, config.rgb_encoding)
         latents = (mean + std * torch.randn_like(mean)).float()  # a posterior sample, as VAE.encode().sample()
         loss = denoising_loss(unet, noise_scheduler, latents, condition.float(), text, config.min_train_timestep)
         if decoder_loss is None:
             return loss, {}
-        code = vae_target(speuae, hsi, rgb, code_prior, residual_scale)
+        code = vae_target(speuae, hsi, rgb, patch_prior, residual_scale)
         code_loss = models[1](latents, code)
         return loss + code_loss, {"train/vae_decoder_l1": code_loss.item()}
 

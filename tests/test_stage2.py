@@ -351,6 +351,48 @@ def test_code_prior_is_fitted_on_the_train_split_cached_as_a_residual_and_saved(
 
 
 @pytest.mark.slow
+def test_a_scene_mixture_prior_is_fitted_on_the_train_split_and_leaves_each_patchs_scene_out(
+        tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, monkeypatch):
+    import uldm.scene_prior_fit as scene_prior_fit
+    from uldm.latent_cache import LatentCacheDataset
+    from uldm.models.code_prior import code_to_residual, prior_code
+    from uldm.models.scene_prior import SceneMixturePrior
+    from uldm.stages.train_uldm import load_components
+    from uldm.training import build_train_loader
+
+    scenes = ["balloons_ms", "cd_ms", "watercolors_ms"]  # a mixture needs 3 scenes: each is mixed from the others
+    # a gate that follows each scene's palette, so that leaving a patch's own scene out changes its prior (the
+    # gate fitted on three tiny scenes may trust the global fit alone)
+    monkeypatch.setattr(scene_prior_fit, "fit_gate", lambda problems, mask, penalty=0.0: (
+        torch.tensor([0.0, 20.0, 0.0, 0.0, 0.0], dtype=torch.float64) * mask, 0.0))
+    config = load_config(ULDMConfig, write_config(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root, use_ema=False,
+                                                  max_train_steps=2, checkpointing_steps=2, validation_steps=2,
+                                                  precompute_latents=True, latent_cache_epochs=1, train_scenes=scenes,
+                                                  code_prior="scene_mixture", code_residual_scale=2.5))
+    pipeline = train(config)
+    assert isinstance(pipeline.code_prior, SceneMixturePrior) and pipeline.code_prior.config.scene_names == scenes
+    parts, speuae = load_components(config)
+    dataset, _, _ = build_train_loader(config, speuae.camera)
+    dataset.set_epoch(0)
+    item = dataset[5]  # a patch of cd_ms (4 patches a scene)
+    assert item["name"] == "cd_ms"
+    hsi, rgb = item["hsi"][None], item["rgb"][None]
+    prior = pipeline.code_prior
+    with torch.no_grad():
+        left_out = prior_code(prior.excluding(["cd_ms"]), speuae, rgb)
+        full_bank = prior_code(prior, speuae, rgb)
+        posterior = parts.vae.encode(code_to_residual(speuae.encode(hsi, rgb), left_out, 2.5)).latent_dist
+    assert (left_out - full_bank).abs().max() > 1e-4  # leaving the scene's own expert out changes its prior
+    cache = LatentCacheDataset(Path(config.output_dir) / "latent_cache", 1)
+    cache.set_epoch(0)
+    torch.testing.assert_close(cache[5]["mean"], posterior.mean[0] * parts.vae.config.scaling_factor, atol=1e-5, rtol=0)
+    from uldm import SpectralReconstructionPipeline
+
+    loaded = SpectralReconstructionPipeline.from_pretrained(Path(config.output_dir) / "pipeline")
+    assert torch.equal(loaded.code_prior.expert_weights, prior.expert_weights)
+
+
+@pytest.mark.slow
 def test_training_goes_on_from_a_trained_uldm_pipeline(tmp_path, tiny_sd_dir, tiny_speuae_dir, tiny_cave_root):
     from uldm.stages.train_uldm import load_components
 

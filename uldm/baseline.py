@@ -12,7 +12,7 @@ differentiate through the very features of this baseline.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -102,19 +102,32 @@ def scene_pixels(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(rgb P x 3, spectra P x B) of every pixel of the scenes, RGB rendered with `camera` (then degraded, scene i
     with seed `seed + i`): the training set of a per-pixel regression."""
-    from .data import read_scene
-
     rgbs, cubes = [], []
-    for index, path in enumerate(scenes):
-        cube = read_scene(path, format=format, grid=camera.grid).cube
-        rgb = camera.render(cube)
-        if degradation is not None and not degradation.is_identity:
-            rgb = degradation(rgb, seed=seed + index)
+    for _, rgb, cube in rendered_scenes(scenes, camera, degradation, format, seed):
         rgbs.append(rgb.reshape(-1, 3))
         cubes.append(cube.reshape(-1, camera.num_bands))
     if not rgbs:
         raise ValueError("no training scenes given")
     return np.concatenate(rgbs), np.concatenate(cubes)
+
+
+def rendered_scenes(
+    scenes: Sequence[Union[str, Path]],
+    camera: CameraResponse,
+    degradation: Optional[Degradation] = None,
+    format: Optional[str] = None,
+    seed: int = 0,
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """(name, RGB H x W x 3, spectra H x W x B) of each scene, RGB rendered with `camera` (then degraded, scene i
+    with seed `seed + i`): what every model fitted on whole scenes sees of them."""
+    from .data import read_scene
+
+    for index, path in enumerate(scenes):
+        scene = read_scene(path, format=format, grid=camera.grid)
+        rgb = camera.render(scene.cube)
+        if degradation is not None and not degradation.is_identity:
+            rgb = degradation(rgb, seed=seed + index)
+        yield scene.name, rgb, scene.cube
 
 
 class RootPolynomialRegression:

@@ -57,7 +57,7 @@ def encoding_order(length: int, epoch: int) -> torch.Tensor:
 def build_latent_cache(folder: Path, dataset, epochs: int, encode: Encoder, fingerprint: dict,
                        batch_size: int = 16, show_progress: bool = True) -> Path:
     """Write `epochs` files of `encode(batch)`'s tensors for every item of `dataset` (which has `set_epoch`); the
-    batches `encode` gets are the items' tensors stacked."""
+    batches `encode` gets are the items' tensors stacked (other values, such as scene names, as lists)."""
     folder = Path(folder)
     if cache_is_current(folder, epochs, fingerprint):
         return folder
@@ -69,8 +69,8 @@ def build_latent_cache(folder: Path, dataset, epochs: int, encode: Encoder, fing
         parts: dict[str, list[torch.Tensor]] = {}
         for chunk in tqdm(order.split(batch_size), desc=f"latent cache, epoch {epoch}", disable=not show_progress):
             items = [dataset[int(i)] for i in chunk]
-            batch = {key: torch.stack([item[key] for item in items]) for key, value in items[0].items()
-                     if isinstance(value, torch.Tensor)}
+            batch = {key: torch.stack([item[key] for item in items]) if isinstance(value, torch.Tensor)
+                     else [item[key] for item in items] for key, value in items[0].items()}
             for key, value in encode(batch).items():
                 parts.setdefault(key, []).append(value.float().cpu())
         by_item = torch.argsort(order)  # back to dataset order: row i is item i's latents

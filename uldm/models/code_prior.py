@@ -1,5 +1,7 @@
 """A per-pixel spectral prior for the ULDM: the root-polynomial regression as a pipeline component.
 
+(`uldm.models.scene_prior.SceneMixturePrior` is the scene-adaptive one: the functions below serve both.)
+
 With a prior, the diffusion model generates only what the prior gets wrong: the code becomes
 c = SpeUAE.encode(prior(RGB), RGB) + residual / scale, and the VAE carries the (scaled) residual image instead of the
 code itself. The residual is half as large as the code, so the same VAE loses far less of it (see the README's
@@ -33,21 +35,28 @@ class RootPolynomialPrior(ModelMixin, ConfigMixin):
         prior.weights.data.copy_(torch.from_numpy(regression.weights).float())
         return prior
 
-    def forward(self, rgb: torch.Tensor) -> torch.Tensor:
+    def image_context(self, rgb: torch.Tensor) -> None:
+        """A per-pixel regression needs nothing of the image beyond the pixel (see `SceneMixturePrior`)."""
+        return None
+
+    def forward(self, rgb: torch.Tensor, context: None = None, rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
         if rgb.ndim != 4 or rgb.shape[1] != 3:
             raise ValueError(f"RootPolynomialPrior: expected N x 3 x H x W RGB, got shape {tuple(rgb.shape)}")
         features = root_polynomial_features(rgb.movedim(1, -1).to(self.weights.dtype), self.config.degree)
         return (features @ self.weights).movedim(-1, 1)
 
 
-def prior_code(prior: Optional[RootPolynomialPrior], speuae, rgb: torch.Tensor) -> Optional[torch.Tensor]:
+def prior_code(prior: Optional[nn.Module], speuae, rgb: torch.Tensor, context: Optional[dict] = None,
+               rows: Optional[tuple[int, int]] = None) -> Optional[torch.Tensor]:
     """The SpeUAE code of the prior's spectra for linear RGB (N x 3 x H x W), in SpeUAE's dtype; None without a
-    prior, which the two functions below read as "the VAE carries the code itself"."""
+    prior, which the two functions below read as "the VAE carries the code itself". A prior that reads image context
+    (`SceneMixturePrior`) takes the `context` of the whole image and the `rows` (start, stop) that `rgb` holds of it;
+    without them, `rgb` is taken as the whole image."""
     if prior is None:
         return None
     dtype = speuae.linear_decoder.weight.dtype
     rgb = rgb.to(dtype)
-    return speuae.encode(prior(rgb).to(dtype), rgb).clamp(-1, 1)
+    return speuae.encode(prior(rgb, context=context, rows=rows).to(dtype), rgb).clamp(-1, 1)
 
 
 def code_to_residual(code: torch.Tensor, prior: Optional[torch.Tensor], scale: float) -> torch.Tensor:
