@@ -659,8 +659,12 @@ class _Handler(BaseHTTPRequestHandler):
             status, body = 206, data[start:end + 1]
             headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         cut = self.hub.truncate_downloads.get(path) if method == "GET" else None
+        stall = self.hub.stall_downloads.get(path) if method == "GET" else None
         self._send(status, body, content_type="application/octet-stream", headers=headers,
-                   head_only=method == "HEAD", cut=cut)
+                   head_only=method == "HEAD", cut=cut if stall is None else stall)
+        if stall is not None:  # the connection stays open, the rest of the body never comes
+            self.wfile.flush()
+            self.hub.unstall.wait(timeout=60)
 
 
 # ------------------------------------------------------------------------------------------------- server
@@ -678,7 +682,8 @@ class HubServer:
     `requests` records (method, path) of every request; `fail_downloads` holds repo paths whose GET
     /resolve/ answers 500 (to test interrupted downloads); `truncate_downloads` maps repo paths to the number of
     body bytes their GET /resolve/ sends before closing the connection, every time (a server that keeps
-    truncating). `user` is the account any token maps to.
+    truncating); `stall_downloads` likewise, but the connection then hangs until `unstall` is set or the server
+    stops (a download in progress, to kill its client). `user` is the account any token maps to.
     """
 
     def __init__(self, root: os.PathLike | str, *, host: str = "127.0.0.1", user: str = "uldm-tester",
@@ -690,6 +695,8 @@ class HubServer:
         self.requests: list[tuple[str, str]] = []
         self.fail_downloads: set[str] = set()
         self.truncate_downloads: dict[str, int] = {}
+        self.stall_downloads: dict[str, int] = {}
+        self.unstall = threading.Event()
         self._httpd: Optional[_HTTPServer] = None
         self._thread: Optional[threading.Thread] = None
 
@@ -717,6 +724,7 @@ class HubServer:
         """Stop serving and close the port (idempotent); later requests get 'connection refused'."""
         if self._httpd is None:
             return
+        self.unstall.set()
         self._httpd.shutdown()
         self._httpd.server_close()
         if self._thread is not None:

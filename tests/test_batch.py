@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +16,12 @@ import pytest
 from PIL import Image
 
 from conftest import REPO
-from uldm.batch import Job, plan_jobs, run_jobs, shard, write_manifest
+from uldm.batch import Job, plan_jobs, run_jobs, shard, summary_line, write_manifest
 from uldm.cli import main
 from uldm.io import CubeFileError, load_cube, save_cube
 
 BASELINE = REPO / "checkpoints" / "baseline-rootpoly-nikon5100.npz"
+LOCK_FILES = [".manifest.json.lock", ".uldm-run.lock"]  # what a run leaves besides its outputs: empty lock files
 
 
 @pytest.fixture
@@ -48,16 +50,59 @@ def test_outputs_mirror_the_inputs_and_same_stems_keep_distinct_names(photo_tree
     assert {"in/sub/a.h5", "other/sub/a.h5", "a.h5"} <= outputs and len(outputs) == len(jobs) == 9
 
 
-def test_a_clash_the_naming_cannot_resolve_and_missing_inputs_fail_before_any_work(photo_tree, tmp_path):
-    twin = tmp_path / "twin" / "in"
-    shutil.copytree(photo_tree, twin)
-    with pytest.raises(ValueError, match="would both be written to"):
-        plan_jobs([photo_tree, twin], tmp_path / "out")
+def test_missing_inputs_and_empty_folders_fail_before_any_work(photo_tree, tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file or folder: .*missing.png"):
         plan_jobs([photo_tree, tmp_path / "missing.png"], tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
         plan_jobs([tmp_path / "empty"], tmp_path / "out")
+
+
+def _outputs(jobs, root):
+    return {job.source.relative_to(root).as_posix(): job.output.relative_to(root / "out").as_posix() for job in jobs}
+
+
+def test_names_that_collide_even_ignoring_case_get_distinct_outputs_the_same_at_every_run(tmp_path):
+    """`a.png` + `a.PNG`, `a.png` + `a.jpg` + `a_png.png`, `Sub/` + `sub/`, two given folders of one name: every
+    output distinct (also to a case-insensitive file system), decided by the sorted input paths alone."""
+    image = Image.fromarray(np.zeros((4, 4, 3), np.uint8))
+    names = ["x/a.png", "x/a.PNG", "y/a.png", "y/a.jpg", "y/a_png.png", "z/Sub/b.png", "z/sub/b.png",
+             "twin1/in/c.png", "twin2/in/c.png"]
+    for name in names:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        image.save(tmp_path / name, format="PNG" if name.lower().endswith("png") else "JPEG")
+    inputs = [tmp_path / "x", tmp_path / "y", tmp_path / "z", tmp_path / "twin1" / "in", tmp_path / "twin2" / "in"]
+    outputs = _outputs(plan_jobs(inputs, tmp_path / "out"), tmp_path)
+    assert len(outputs) == len(names) and len({o.lower() for o in outputs.values()}) == len(names)
+    assert outputs["x/a.PNG"] == "x/a_png.h5" and outputs["x/a.png"] == "x/a_png_2.h5"  # sorted: "A" < "a"
+    assert outputs["y/a.jpg"] == "y/a_jpg.h5" and outputs["y/a.png"] == "y/a_png.h5"
+    assert outputs["y/a_png.png"] == "y/a_png_2.h5"
+    assert outputs["twin1/in/c.png"] == "in/c.h5" and outputs["twin2/in/c.png"] == "in/c_2.h5"
+    # stable: the same set of inputs, found in another order, maps the same way
+    assert _outputs(plan_jobs(inputs[::-1][:3] + inputs[:2], tmp_path / "out"), tmp_path) == {
+        k: v for k, v in outputs.items() if not k.startswith("twin")} | {
+        "twin2/in/c.png": "in/c.h5", "twin1/in/c.png": "in/c_2.h5"}  # two same-named roots: the one given first
+
+
+def test_the_output_folder_and_uldms_own_files_are_never_inputs(photo_tree, tmp_path, capsys):
+    """`uldm reconstruct d -o d/cubes --preview`, run twice: the previews, cubes and temporary files in d/cubes are
+    not photos to reconstruct, and nothing grows at the rerun; nor are previews beside their cubes in d itself."""
+    folder = photo_tree / "sub"  # one photo: a.png
+    argv = ["reconstruct", str(folder), "-o", str(folder / "cubes"), "--checkpoint", str(BASELINE), "--preview"]
+    assert main(argv) == 0 and "1 done, 0 skipped, 0 failed (1 images)" in capsys.readouterr().out
+    written = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*"))
+    assert {"cubes/a.h5", "cubes/a_preview.png", "cubes/a_spectra.png"} <= set(written)
+    shutil.copy(folder / "a.png", folder / "cubes" / ".a_preview.png.0123456789ab.tmp.png")  # a killed save's
+    written.append("cubes/.a_preview.png.0123456789ab.tmp.png")
+    assert main(argv) == 0 and "0 done, 1 skipped, 0 failed (1 images)" in capsys.readouterr().out
+    assert sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")) == sorted(written[:-1])
+    assert len(json.loads((folder / "cubes" / "manifest.json").read_text())["images"]) == 1
+    (photo_tree / "sub" / "a.h5").write_text("a cube beside its photo")  # -o d: previews there are not photos
+    for own in ("sub/a_preview.png", "sub/a_spectra.png", "sub/.a.png.0123456789ab.tmp.png"):
+        shutil.copy(photo_tree / "sub" / "a.png", photo_tree / own)
+    shutil.copy(photo_tree / "sub" / "a.png", photo_tree / "sub" / "b_preview.png")  # no cube b.*: a photo
+    found = {job.source.relative_to(photo_tree).as_posix() for job in plan_jobs([photo_tree], photo_tree)}
+    assert found == {"scene.png", "scene.jpg", "bad.png", "sub/a.png", "sub/b_preview.png"}
 
 
 def test_shards_cover_every_job_exactly_once():
@@ -68,20 +113,25 @@ def test_shards_cover_every_job_exactly_once():
 
 
 def test_run_jobs_skips_existing_outputs_records_failures_and_goes_on(tmp_path):
-    jobs = [Job(Path(f"{name}.png"), tmp_path / f"{name}.h5") for name in ("a", "b", "c", "d")]
+    jobs = [Job(Path(f"{name}.png"), tmp_path / f"{name}.h5") for name in ("a", "b", "c", "d", "e")]
     (tmp_path / "b.h5").write_text("from an earlier run")
 
     def reconstruct(job):
         if job.source.name == "c.png":
             raise ValueError("cannot decode")
-        if job.source.name == "d.png":
+        if job.source.name == "d.png":  # another writer got there first: its file stays
+            job.output.write_text("theirs")
             raise FileExistsError(job.output)
+        if job.source.name == "e.png":  # a file where a folder must be: nothing was written, so not "skipped"
+            raise FileExistsError(17, "File exists", str(tmp_path / "in-the-way"))
         job.output.write_text("cube")
         return {"rgb_error": 1e-8}
 
     results = run_jobs(jobs, reconstruct)
     assert [(r.status, r.reason[:11]) for r in results] == [
-        ("done", ""), ("skipped", "output exis"), ("failed", "ValueError:"), ("skipped", "output writ")]
+        ("done", ""), ("skipped", "output exis"), ("failed", "ValueError:"), ("skipped", "output writ"),
+        ("failed", "cannot writ")]
+    assert f"{tmp_path / 'in-the-way'} is a file where a folder must be; move that file away" in results[4].reason
     assert results[0].rgb_error == 1e-8 and (tmp_path / "b.h5").read_text() == "from an earlier run"
     assert [r.status for r in run_jobs(jobs[:2], reconstruct, overwrite=True)] == ["done", "done"]
     assert (tmp_path / "b.h5").read_text() == "cube"
@@ -194,7 +244,7 @@ def test_a_local_looking_path_that_does_not_exist_is_never_a_hub_download(tmp_pa
 
     (tmp_path / "runs").mkdir()
     monkeypatch.chdir(tmp_path)
-    for spec in ("runs/uldm-cave", "./uldm-cave", "runs/uldm-cave/pipeline", "checkpoints-x/"):
+    for spec in ("runs/uldm-cave", "./uldm-cave", "runs/uldm-cave/pipeline", "checkpoints-x/", "uldm-cav"):
         with pytest.raises(FileNotFoundError, match="no such folder"):
             resolve_pretrained(spec)
 
@@ -211,13 +261,15 @@ def test_evaluate_scores_the_readable_scenes_and_lists_the_failures(tiny_cave_ro
     assert "failed: " in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("output_format,files", [("mat", ["scene.mat"]), ("envi", ["scene.hdr", "scene.img"])])
+@pytest.mark.parametrize("output_format,files", [("mat", ["scene.mat"]), ("envi", [
+    "scene.hdr", "scene.img", "scene_out_of_gamut.hdr", "scene_out_of_gamut.img"])])  # ENVI: one array per file
 def test_the_command_writes_researchers_formats(tmp_path, output_format, files):
     image = Image.fromarray((np.random.default_rng(0).random((8, 12, 3)) * 255).astype(np.uint8))
     image.save(tmp_path / "scene.png")
     assert main(["reconstruct", str(tmp_path / "scene.png"), "-o", str(tmp_path / "out"), "--checkpoint",
                  str(BASELINE), "--output-format", output_format]) == 0
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted([*files, "manifest.json"])
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [*files, "manifest.json", *LOCK_FILES])
     cube, wavelengths = load_cube(tmp_path / "out" / files[0])
     assert cube.shape == (8, 12, 31) and wavelengths[0] == 400
 
@@ -262,3 +314,179 @@ def test_dash_o_is_output_in_every_command_and_names_where_it_writes():
                 assert action.choices is None and action.type is Path, parser.prog
                 checked += 1
     assert checked >= 4  # baseline fit, reconstruct, relight, pull
+
+
+# ------------------------------------------------------------------------------- never losing work (issue 35)
+def test_an_output_path_that_is_a_file_is_an_error_not_a_silent_skip(photo_tree, tmp_path, capsys, monkeypatch):
+    import uldm.cli
+
+    (tmp_path / "f").touch()
+    monkeypatch.setattr(uldm.cli, "model_from_args", lambda args: pytest.fail("the model was loaded"))
+    assert main(["reconstruct", str(photo_tree), "-o", str(tmp_path / "f"), "--manifest", str(tmp_path / "m.json"),
+                 "--checkpoint", str(BASELINE)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'f'} is a file, not a folder: -o names the folder the cubes go to" in err
+    assert "remove the file or give another name" in err and not (tmp_path / "m.json").exists()
+
+
+@pytest.mark.parametrize("spec", ["./nonexistent/dir", "uldm-cav", "checkpoints/uldm-cav", "missing.npz"])
+def test_a_checkpoint_that_looks_like_a_path_is_a_local_error_never_a_download(spec, hub_server, photo_tree, tmp_path,
+                                                                            capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # another folder than the repository's
+    assert main(["reconstruct", str(photo_tree / "sub"), "-o", str(tmp_path / "out"), "--checkpoint", spec]) == 2
+    err = capsys.readouterr().err
+    assert f"no checkpoint {spec!r}: no such file or folder" in err and "'namespace/name'" in err
+    if "uldm-cav" in spec and (REPO / "checkpoints" / "uldm-cave").is_dir():
+        assert f"did you mean {REPO / 'checkpoints' / 'uldm-cave'}?" in err
+    assert hub_server.requests == []
+
+
+def test_shipped_checkpoints_are_found_by_name_from_any_folder_and_hub_ids_stay_hub_ids(tmp_path, monkeypatch):
+    from uldm.checkpoints import resolve_checkpoint
+
+    monkeypatch.chdir(tmp_path)
+    assert resolve_checkpoint(BASELINE.name) == BASELINE
+    assert resolve_checkpoint(f"checkpoints/{BASELINE.name}") == BASELINE
+    assert resolve_checkpoint("someorg/some-model") == "someorg/some-model"
+    (tmp_path / "mine").mkdir()
+    assert resolve_checkpoint("mine") == Path("mine")  # a local folder of that name wins
+
+
+def test_max_pixels_refuses_larger_photos_by_name_and_the_batch_goes_on(photo_tree, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(photo_tree / "sub"), str(photo_tree / "scene.png"), "-o", str(out),
+                 "--checkpoint", str(BASELINE), "--max-pixels", "100"]) == 1  # 20 x 16 = 320 pixels each
+    err = capsys.readouterr().err
+    assert "a.png: 20 x 16 pixels (0.0 MP) is over the limit of 0.0001 MP" in err and "--max-pixels" in err
+    assert not list(out.rglob("*.h5"))
+    assert main(["reconstruct", str(photo_tree / "sub"), "-o", str(out), "--checkpoint", str(BASELINE),
+                 "--max-pixels", "320"]) == 0
+
+
+def test_a_failing_manifest_write_names_the_manifest_and_says_what_to_do(photo_tree, tmp_path, capsys, monkeypatch):
+    import uldm.batch
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(uldm.batch, "save_json", full_disk)
+    manifest = tmp_path / "records" / "m.json"
+    assert main(["reconstruct", str(photo_tree / "sub"), "-o", str(tmp_path / "out"), "--checkpoint", str(BASELINE),
+                 "--manifest", str(manifest)]) == 2
+    assert (f"cannot write the manifest {manifest}: No space left on device; free some space there or give "
+            "--manifest a place that can be written") in capsys.readouterr().err
+
+
+def test_the_claim_of_a_dead_run_is_taken_over_and_a_live_one_is_left_to_its_holder(tmp_path):
+    from uldm.locks import claim, claim_path
+
+    jobs = [Job(Path("a.png"), tmp_path / "a.h5"), Job(Path("b.png"), tmp_path / "b.h5")]
+    claim_path(jobs[0].output).write_text(json.dumps({"pid": 2**22 + 1, "host": "gone", "since": 0}))  # a killed run's
+    with claim(jobs[1].output) as holder:  # a live run's (this process, through its own open file)
+        assert holder is None
+        results = run_jobs(jobs, _fake_cube_writer(tmp_path / "log", 0), manifest=tmp_path / "m.json")
+    assert [r.status for r in results] == ["done", "busy"] and load_cube(jobs[0].output)[0].shape == (2, 2, 31)
+    assert f"being reconstructed by another run (pid {os.getpid()} on " in results[1].reason
+    assert not jobs[1].output.exists() and "left to other runs" in summary_line(results)
+    assert [row["output"] for row in json.loads((tmp_path / "m.json").read_text())["images"]] == [str(jobs[0].output)]
+    assert not claim_path(jobs[0].output).exists() and not claim_path(jobs[1].output).exists()
+
+
+def _fake_cube_writer(log: Path, delay: float):
+    """A reconstruction that logs who computed which image and takes `delay` seconds."""
+    def reconstruct(job):
+        with open(log, "a") as handle:
+            handle.write(f"{os.getpid()} {job.source}\n")
+        time.sleep(delay)
+        save_cube(job.output, np.zeros((2, 2, 31), np.float32), np.arange(400, 701, 10))
+        return {"rgb_error": 0.0}
+    return reconstruct
+
+
+def _one_of_two_runs(jobs, out: Path, manifest: Path, log: Path, start_at: float, delay: float) -> None:
+    """A run in a forked process. Fault injection: the manifest's read-merge-write is slowed down, so that without
+    the manifest lock the other run's rows would be overwritten."""
+    import uldm.batch
+    from uldm.locks import sharing_folder
+
+    read = uldm.batch._previous_rows
+    uldm.batch._previous_rows = lambda path: (read(path), time.sleep(delay))[0]
+    while time.time() < start_at:  # both start together
+        time.sleep(0.001)
+    with sharing_folder(out, time.time()):
+        run_jobs(jobs, _fake_cube_writer(log, delay), manifest=manifest)
+
+
+def test_two_concurrent_runs_compute_every_image_once_and_keep_every_manifest_row(tmp_path):
+    import multiprocessing
+
+    out, manifest, log = tmp_path / "out", tmp_path / "out" / "manifest.json", tmp_path / "computed.log"
+    jobs = [Job(Path(f"photo{i}.png"), out / f"photo{i}.h5") for i in range(8)]
+    context = multiprocessing.get_context("fork")
+    start_at = time.time() + 0.5
+    runs = [context.Process(target=_one_of_two_runs, args=(jobs, out, manifest, log, start_at, 0.03))
+            for _ in range(2)]
+    for run in runs:
+        run.start()
+    for run in runs:
+        run.join(timeout=60)
+    assert [run.exitcode for run in runs] == [0, 0]
+    computed = [line.split() for line in log.read_text().splitlines()]
+    assert sorted(source for _, source in computed) == sorted(str(job.source) for job in jobs)  # each once
+    assert len({pid for pid, _ in computed}) == 2  # and the two runs shared the work
+    rows = json.loads(manifest.read_text())["images"]
+    assert sorted(row["output"] for row in rows) == sorted(str(job.output) for job in jobs)
+    assert {row["status"] for row in rows} == {"done"}
+    assert not [p for p in out.iterdir() if p.name.endswith((".claim", ".tmp.h5"))]
+
+
+def _killed_mid_batch(argv, stuck_on: str, ready: Path) -> None:
+    """The command in a forked process, whose save of `stuck_on` hangs with its temporary file half written."""
+    import uldm.io
+
+    real_save = uldm.io.save_cube
+
+    def save(path, *args, **kwargs):
+        if Path(path).stem != stuck_on:
+            return real_save(path, *args, **kwargs)
+        with uldm.io.atomic_write(path) as tmp:
+            tmp.write_bytes(b"half a cube")
+            ready.touch()
+            time.sleep(60)
+
+    uldm.io.save_cube = save
+    main(argv)
+
+
+def test_kill_9_mid_batch_keeps_a_row_per_finished_image_and_the_next_run_leaves_no_temporary_file(tmp_path, capsys):
+    import multiprocessing
+    import signal
+
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    for name in "abcd":
+        Image.fromarray(np.full((6, 8, 3), 40 * (ord(name) - 96), np.uint8)).save(photos / f"{name}.png")
+    argv = ["reconstruct", str(photos), "-o", str(out), "--checkpoint", str(BASELINE)]
+    ready = tmp_path / "stuck"
+    child = multiprocessing.get_context("fork").Process(target=_killed_mid_batch, args=(argv, "c", ready))
+    child.start()
+    deadline = time.monotonic() + 60
+    while not ready.exists() and child.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert ready.exists(), "the run never reached the third image"
+    os.kill(child.pid, signal.SIGKILL)
+    child.join(timeout=30)
+
+    rows = json.loads((out / "manifest.json").read_text())["images"]
+    finished = sorted(p.name for p in out.glob("[!.]*.h5"))
+    assert finished == ["a.h5", "b.h5"] and sorted(Path(row["output"]).name for row in rows) == finished
+    assert {row["status"] for row in rows} == {"done"}
+    left = [p.name for p in out.iterdir() if p.name.startswith(".c.h5.")]  # what the kill left
+    assert len(left) == 2 and ".c.h5.claim" in left and any(name.endswith(".tmp.h5") for name in left)
+
+    assert main(argv) == 0 and "2 done, 2 skipped, 0 failed" in capsys.readouterr().out
+    rows = json.loads((out / "manifest.json").read_text())["images"]
+    assert sorted(Path(row["output"]).name for row in rows) == ["a.h5", "b.h5", "c.h5", "d.h5"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(["a.h5", "b.h5", "c.h5", "d.h5", "manifest.json",
+                                                            *LOCK_FILES])
+    assert load_cube(out / "c.h5")[0].shape == (6, 8, 31)

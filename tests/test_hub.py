@@ -306,3 +306,43 @@ def test_local_folders_and_bad_names_never_touch_the_hub(unreachable_hub, tmp_pa
         resolve_pretrained("not a repo id!")
     with pytest.raises(FileNotFoundError, match="cannot push"):
         push_folder(tmp_path / "missing", REPO_ID)
+
+
+def test_a_killed_download_leaves_no_orphan_partial_file_after_the_next_pull(hub_server, tmp_path):
+    """kill -9 during a pull leaves `blobs/<etag>.<hex>.incomplete`, which no later download resumes: the next pull
+    removes it, but never the partial file of a download still running (its blob lock is held)."""
+    import signal
+    import time
+
+    from filelock import FileLock
+
+    folder = _make_model_folder(tmp_path)
+    push_folder(folder, REPO_ID)
+    cache = tmp_path / "cache"
+    hub_server.stall_downloads = {"model.safetensors": 1000}
+    code = f"from huggingface_hub import snapshot_download; snapshot_download({REPO_ID!r}, cache_dir={str(cache)!r})"
+    child = subprocess.Popen([sys.executable, "-c", code], env=os.environ)
+    def downloading() -> bool:  # the three other files are whole, model.safetensors is on its way
+        blobs = [p.name for p in cache.glob("*/blobs/*")]
+        return sum(name.endswith(".incomplete") for name in blobs) == 1 and len(blobs) == 4
+
+    deadline = time.monotonic() + 60
+    while not downloading() and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    orphans = list(cache.rglob("*.incomplete"))
+    assert len(orphans) == 1, orphans  # what the kill left behind
+
+    blobs = orphans[0].parent
+    live = blobs / f"{'0' * 40}.0123abcd.incomplete"  # another download, still running: its lock is held
+    live.write_bytes(b"partial")
+    lock = blobs.parent.parent / ".locks" / blobs.parent.name / f"{'0' * 40}.lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    hub_server.stall_downloads = {}
+    with FileLock(lock):
+        pulled = resolve_pretrained(REPO_ID, cache_dir=cache)
+    assert (pulled / "model.safetensors").read_bytes() == (folder / "model.safetensors").read_bytes()
+    assert list(cache.rglob("*.incomplete")) == [live]
+    live.unlink()
+    _assert_cache_consistent(cache)

@@ -142,3 +142,90 @@ def test_reading_png_files_leaves_no_file_open(tmp_path, monkeypatch):
     for name in ("sixteen.png", "eight.png"):
         read_image_file(tmp_path / name)
     assert opened and all(handle.closed for handle in opened)  # an open one would be a ResourceWarning later
+
+
+# ------------------------------------------------------------------------------------------- pixel limit
+def _png_header_only(path, width, height, bitdepth):
+    """A PNG whose header claims width x height RGB pixels, with (almost) no pixel data: what a huge photo looks like
+    to a reader that checks the header, without the test spending the memory."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, bitdepth, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00"))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def _patched_tiff(path, width, height):
+    """A valid 4 x 4 RGB TIFF whose ImageWidth / ImageLength tags are rewritten to claim width x height."""
+    import struct
+
+    import tifffile
+
+    tifffile.imwrite(path, np.zeros((4, 4, 3), np.uint8))
+    with tifffile.TiffFile(path) as tiff:
+        tags = tiff.pages.first.tags
+        patches = [(tags[name].valueoffset, tags[name].dtype, value)
+                   for name, value in (("ImageWidth", width), ("ImageLength", height))]
+        order = tiff.byteorder
+    data = bytearray(path.read_bytes())
+    for offset, dtype, value in patches:
+        fmt = order + ("H" if dtype == 3 else "I")
+        data[offset:offset + struct.calcsize(fmt)] = struct.pack(fmt, value)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _patched_pil_file(path, width, height):
+    """A small BMP or JPEG whose header is rewritten to claim width x height."""
+    import struct
+
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    data = bytearray(path.read_bytes())
+    if path.suffix == ".bmp":
+        data[18:26] = struct.pack("<ii", width, height)
+    else:  # JPEG: the baseline frame header (SOF0) holds height then width
+        at = data.index(b"\xff\xc0")
+        data[at + 5:at + 9] = struct.pack(">HH", height, width)
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("kind", ["png16", "png8", "tiff", "bmp", "jpg"])
+def test_every_reader_refuses_a_huge_image_from_its_header_before_decoding(tmp_path, monkeypatch, kind):
+    import png
+    import tifffile
+
+    from uldm.images import DEFAULT_MAX_PIXELS, read_image_file
+
+    if kind.startswith("png"):
+        path = _png_header_only(tmp_path / "huge.png", 14000, 14000, 16 if kind == "png16" else 8)
+    elif kind == "tiff":
+        path = _patched_tiff(tmp_path / "huge.tif", 40000, 40000)
+    else:  # under Pillow's own limit (179 MP): uldm's must be the one that applies
+        path = _patched_pil_file(tmp_path / f"huge.{kind}", 9000, 9000)
+    for decoder in (png.Reader, tifffile.TiffPage, Image.Image):  # nothing may be decoded
+        monkeypatch.setattr(decoder, "asDirect" if decoder is png.Reader else
+                            "asarray" if decoder is tifffile.TiffPage else "load",
+                            lambda *a, **k: pytest.fail(f"{path.name} was decoded before its size was checked"))
+    size = {"png16": "14000 x 14000", "png8": "14000 x 14000", "tiff": "40000 x 40000"}.get(kind, "9000 x 9000")
+    with pytest.raises(ImageError, match=rf"huge\.\w+: {size} pixels .* over the limit of {DEFAULT_MAX_PIXELS / 1e6:g} "
+                                         r"MP; downscale the image, or raise the limit \(--max-pixels\)"):
+        read_image_file(path)
+
+
+def test_the_pixel_limit_is_one_number_callers_choose(tmp_path, rgb):
+    from uldm.images import read_image_file
+
+    path = save_png16(tmp_path / "x.png", rgb)  # 6 x 5 = 30 pixels
+    with pytest.raises(ImageError, match="x.png: 5 x 6 pixels"):
+        load_linear_rgb(path, max_pixels=29)
+    assert load_linear_rgb(path, max_pixels=30).shape == (6, 5, 3)
+    Image.fromarray((rgb * 255).astype(np.uint8)).save(tmp_path / "x.jpg")
+    with pytest.raises(ImageError, match="x.jpg: 5 x 6 pixels"):
+        to_rgb_array(tmp_path / "x.jpg", max_pixels=29)
+    assert read_image_file(path, max_pixels=None).shape == (6, 5, 3)  # None: no limit

@@ -7,7 +7,7 @@ Every loaded model is a `Reconstructor`: it knows its camera and maps linear RGB
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Protocol, Union
+from typing import TYPE_CHECKING, NamedTuple, Optional, Protocol, Union
 
 import numpy as np
 
@@ -17,8 +17,12 @@ if TYPE_CHECKING:
     import torch
 
 CHECKPOINTS_DIR = Path(__file__).resolve().parent.parent / "checkpoints"
-# Best shipped model first; the first one present is the default.
-DEFAULT_CHECKPOINTS = ("uldm-cave", "baseline-rootpoly-nikon5100.npz")
+# Per input space, the best shipped model first; the first one present is the default. Photos ("srgb") want the
+# model for the sRGB observer when one is shipped, else get the Nikon 5100 model (which warns that it assumes
+# that camera, `uldm.pipelines.common.warn_if_camera_mismatch`); linear camera RGB and the CAVE benchmark the
+# Nikon 5100 model.
+DEFAULT_CHECKPOINTS = {"srgb": ("uldm-srgb", "uldm-cave", "baseline-rootpoly-nikon5100.npz"),
+                       "linear": ("uldm-cave", "baseline-rootpoly-nikon5100.npz")}
 
 
 class Reconstructor(Protocol):
@@ -27,46 +31,123 @@ class Reconstructor(Protocol):
     def __call__(self, rgb: np.ndarray) -> np.ndarray: ...
 
 
+class Reconstruction(NamedTuple):
+    """What a model's `predict` gives for one image: spectra (H x W x B), their uncertainty (H x W x B; None for a
+    deterministic model) and the out-of-gamut mask (H x W bool; None when the physical projection is off)."""
+
+    spectra: np.ndarray
+    uncertainty: Optional[np.ndarray]
+    out_of_gamut: Optional[np.ndarray]
+
+
 class PipelineReconstructor:
-    """A diffusion pipeline seen as a Reconstructor: fixed steps, ensemble size and seed, linear RGB in."""
+    """A diffusion pipeline seen as a Reconstructor: fixed steps, ensemble size and seed, linear RGB in, physical
+    spectra (`uldm.feasibility`) unless `physical` is False."""
 
     def __init__(self, pipeline, steps: Optional[int] = None, ensemble: Optional[int] = None, seed: int = 0,
-                 processing_resolution: Optional[int] = None) -> None:
+                 processing_resolution: Optional[int] = None, physical: bool = True) -> None:
         self.pipeline, self.steps, self.ensemble, self.seed = pipeline, steps, ensemble, seed
-        self.processing_resolution = processing_resolution
+        self.processing_resolution, self.physical = processing_resolution, physical
 
     @property
     def camera(self) -> CameraResponse:
         return self.pipeline.camera
 
-    def predict(self, rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(spectra, uncertainty), each H x W x B."""
+    def predict(self, rgb: np.ndarray) -> Reconstruction:
+        """The image's `Reconstruction`."""
         import torch
 
         out = self.pipeline(rgb, num_inference_steps=self.steps, ensemble_size=self.ensemble, input_space="linear",
-                            processing_resolution=self.processing_resolution,
+                            processing_resolution=self.processing_resolution, physical=self.physical,
                             generator=torch.Generator().manual_seed(self.seed), show_progress_bar=False)
-        return out.spectra[0], out.uncertainty[0]
+        mask = out.out_of_gamut[0] if out.out_of_gamut is not None else None
+        return Reconstruction(out.spectra[0], out.uncertainty[0], mask)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return self.predict(rgb)[0]
 
 
-def default_checkpoint() -> Union[str, Path]:
+def default_checkpoint(input_space: str = "linear") -> Union[str, Path]:
     """What `--checkpoint` means when it is not given: `$ULDM_CHECKPOINT` (a folder, a .npz or a hub id) when set,
-    else the best model in the repository's checkpoints/ folder. A wheel install carries no weights (they are not
-    package data: tens of MB), so there the error says what to give instead."""
+    else the best model in the repository's checkpoints/ folder for images in `input_space` ("srgb" or "linear",
+    `DEFAULT_CHECKPOINTS`). A wheel install carries no weights (they are not package data: tens of MB), so there
+    the error says what to give instead."""
     import os
 
+    if input_space not in DEFAULT_CHECKPOINTS:
+        raise ValueError(f"input_space must be one of {sorted(DEFAULT_CHECKPOINTS)}, got {input_space!r}")
     if os.environ.get("ULDM_CHECKPOINT"):
         return os.environ["ULDM_CHECKPOINT"]
-    for name in DEFAULT_CHECKPOINTS:
+    names = DEFAULT_CHECKPOINTS[input_space]
+    for name in names:
         if (CHECKPOINTS_DIR / name).exists():
             return CHECKPOINTS_DIR / name
     raise FileNotFoundError(
-        f"no default checkpoint: {CHECKPOINTS_DIR} holds none of {list(DEFAULT_CHECKPOINTS)} (uldm installed from a "
+        f"no default checkpoint: {CHECKPOINTS_DIR} holds none of {list(names)} (uldm installed from a "
         "wheel carries no weights). Pass --checkpoint FOLDER, FILE.npz or ORG/NAME (a hub repo), set ULDM_CHECKPOINT "
         "to one of those, or run from a clone of the repository, whose checkpoints/ folder holds the shipped models.")
+
+
+def resolve_checkpoint(spec: Union[str, Path]) -> Union[str, Path]:
+    """Where `--checkpoint spec` points: an existing file or folder as given; a shipped model by its name or its
+    path in the repository (`uldm-cave`, `checkpoints/uldm-cave`) from any folder; a 'namespace/name' hub id as a
+    string. Anything else that looks like a path (a bare name, `./x`, `checkpoints/x`) and does not exist is a
+    FileNotFoundError here, naming where it was looked for and the shipped models: never a hub download."""
+    import os
+
+    from .hub import looks_like_local_path
+
+    if isinstance(spec, os.PathLike) or Path(spec).expanduser().exists():
+        return Path(spec).expanduser()
+    shipped = _shipped_path(spec)
+    if shipped is not None:
+        return shipped
+    if looks_like_local_path(spec) or "/" not in spec or Path(spec).parts[0] == CHECKPOINTS_DIR.name:
+        raise FileNotFoundError(_missing_checkpoint_message(spec))
+    return spec
+
+
+def _shipped_path(spec: str) -> Optional[Path]:
+    """The shipped model `spec` names by its name (`uldm-cave`) or its path in the repository
+    (`checkpoints/uldm-cave`), if there is one; an explicitly relative or absolute path is never one."""
+    import os
+
+    parts = Path(spec).parts
+    if spec.startswith((".", "~")) or os.path.isabs(spec) or not parts:
+        return None
+    candidate = CHECKPOINTS_DIR.joinpath(*parts[1:] if parts[0] == CHECKPOINTS_DIR.name else parts)
+    return candidate if candidate != CHECKPOINTS_DIR and candidate.exists() else None
+
+
+def _missing_checkpoint_message(spec: str) -> str:
+    import difflib
+
+    shipped = sorted(p.name for p in CHECKPOINTS_DIR.iterdir()) if CHECKPOINTS_DIR.is_dir() else []
+    close = difflib.get_close_matches(Path(spec).name, shipped, n=1)
+    hint = f" (did you mean {CHECKPOINTS_DIR / close[0]}?)" if close else ""
+    shipped_text = f"; the shipped ones are {', '.join(shipped)}" if shipped else ""
+    return (f"no checkpoint {spec!r}: no such file or folder in {Path.cwd()} or {CHECKPOINTS_DIR}{hint}. Give a "
+            f"pipeline folder, a baseline .npz or a hub model id 'namespace/name'{shipped_text}")
+
+
+def checkpoint_camera_name(spec: Union[str, Path]) -> str:
+    """The camera a checkpoint assumes, read from its files without loading its weights: a baseline .npz's
+    `camera` entry; a pipeline folder's `camera_name` in model_index.json (R2H-Diff, MST++) or in a component's
+    config.json (ULDM: its SpeUAE's)."""
+    import json
+
+    path = Path(spec)
+    try:
+        if path.suffix == ".npz":
+            with np.load(path, allow_pickle=False) as data:
+                return json.loads(str(data["camera"]))["name"]
+        for config in (path / "model_index.json", *sorted(path.glob("*/config.json"))):
+            name = json.loads(config.read_text()).get("camera_name") if config.is_file() else None
+            if name:
+                return name
+    except (OSError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read the camera it assumes ({exc})") from exc
+    raise ValueError(f"{path}: names no camera (no camera_name in model_index.json or a component's config.json)")
 
 
 def pipeline_class_name(folder: Path) -> Optional[str]:
@@ -87,7 +168,7 @@ def load_pipeline(spec: Union[str, Path], *, revision: Optional[str] = None, cac
 
     from .hub import resolve_pretrained
 
-    folder = resolve_pretrained(str(spec), revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
+    folder = resolve_pretrained(spec, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only,
                                 token=token)
     index = folder / "model_index.json"
     if not index.exists():
@@ -102,19 +183,22 @@ def load_pipeline(spec: Union[str, Path], *, revision: Optional[str] = None, cac
 def load_reconstructor(spec: Optional[Union[str, Path]] = None, steps: Optional[int] = None,
                        ensemble: Optional[int] = None, seed: int = 0, processing_resolution: Optional[int] = None,
                        device: Optional[Union[str, torch.device]] = None,
-                       dtype: Optional[torch.dtype] = None) -> Reconstructor:
-    """A model from a baseline .npz, a pipeline folder or hub id, or None for the best shipped checkpoint.
+                       dtype: Optional[torch.dtype] = None, physical: bool = True,
+                       input_space: str = "linear") -> Reconstructor:
+    """A model from a baseline .npz, a pipeline folder or hub id, or None for the best shipped checkpoint for
+    images in `input_space` (`default_checkpoint`; the model itself always takes linear RGB).
 
     `steps`, `ensemble`, `seed`, `processing_resolution`, `device` (default: where it loads, the CPU) and `dtype`
-    (default: as saved) apply to pipelines; the regression runs in NumPy.
+    (default: as saved) apply to pipelines; the regression runs in NumPy. Every model returns physical spectra
+    (`uldm.feasibility`) unless `physical` is False, which gives its raw estimate.
     """
-    path = Path(spec if spec is not None else default_checkpoint())
-    if path.suffix == ".npz":
+    spec = resolve_checkpoint(spec if spec is not None else default_checkpoint(input_space))
+    if Path(spec).suffix == ".npz":
         from .baseline import RootPolynomialRegression
 
-        return RootPolynomialRegression.load(path)
-    pipeline = load_pipeline(str(path), **({"dtype": dtype} if dtype is not None else {}))
+        return RootPolynomialRegression.load(spec, physical=physical)
+    pipeline = load_pipeline(spec, **({"dtype": dtype} if dtype is not None else {}))
     if device is not None:
         pipeline.to(device)
     return PipelineReconstructor(pipeline, steps=steps, ensemble=ensemble, seed=seed,
-                                 processing_resolution=processing_resolution)
+                                 processing_resolution=processing_resolution, physical=physical)

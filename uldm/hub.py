@@ -10,7 +10,8 @@ What it adds to the raw client:
 The endpoint is huggingface_hub's (`HF_ENDPOINT`, read by huggingface_hub when it is imported). Downloads go
 through `snapshot_download`, whose cache writes each file under a unique temporary name and renames it into place,
 so an interrupted pull never leaves a truncated file in a snapshot; a snapshot the cache knows to be incomplete is
-refused rather than returned.
+refused rather than returned. The partial file of a download that was killed (`<etag>.<hex>.incomplete`, which no
+later download resumes) is removed by the next pull of that repo.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional, Sequence, Union
@@ -208,9 +210,12 @@ def _local_folder(name_or_path: PathLike) -> Optional[Path]:
         raise NotADirectoryError(f"{path} is a file; expected a pipeline folder or a model repo id "
                                  "('namespace/name')")
     if isinstance(name_or_path, os.PathLike) or _looks_like_path(str(name_or_path)):
-        raise FileNotFoundError(f"no such folder: {path} (and it is not a model repo id of the form "
-                                "'namespace/name')")
+        raise _no_such_folder(path)
     return None
+
+
+def _no_such_folder(path: PathLike) -> FileNotFoundError:
+    return FileNotFoundError(f"no such folder: {path} (and it is not a model repo id of the form 'namespace/name')")
 
 
 def _checked_repo_id(name: str) -> str:
@@ -224,6 +229,32 @@ def _checked_repo_id(name: str) -> str:
     return name
 
 
+def remove_orphan_downloads(repo_id: str, cache_dir: Optional[PathLike] = None) -> list[Path]:
+    """Remove the partial files (`blobs/<etag>.<hex>.incomplete`) that killed downloads of `repo_id` left in the
+    cache and return them. Each download writes under a name of its own, so nothing would ever resume or remove
+    them; one whose blob lock (huggingface_hub's, `.locks/<repo>/<etag>.lock`) is held belongs to a live download
+    and stays."""
+    from filelock import FileLock, Timeout
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HUB_CACHE)
+    folder = repo_folder_name(repo_id=repo_id, repo_type="model")
+    removed = []
+    for partial in sorted((cache / folder / "blobs").glob("*.incomplete")):
+        lock = cache / ".locks" / folder / f"{partial.name.split('.', 1)[0]}.lock"
+        try:
+            if lock.exists():
+                with FileLock(lock, timeout=0):
+                    partial.unlink(missing_ok=True)
+            else:
+                partial.unlink(missing_ok=True)
+        except Timeout:  # a live download holds it
+            continue
+        removed.append(partial)
+    return removed
+
+
 def resolve_pretrained(
     name_or_path: PathLike,
     *,
@@ -233,8 +264,9 @@ def resolve_pretrained(
     token: Union[str, bool, None] = None,
     allow_patterns: Union[str, Sequence[str], None] = None,
 ) -> Path:
-    """The local folder holding `name_or_path`: a folder is returned as is; anything else is a model repo id
-    whose snapshot (at `revision`: a branch or a full commit sha; default main) is downloaded into the cache
+    """The local folder holding `name_or_path`: a folder is returned as is; a missing path (`./x`, `runs/x` beside a
+    `runs/`, a bare name without a namespace) is a FileNotFoundError; a 'namespace/name' is a model repo id whose
+    snapshot (at `revision`: a branch or a full commit sha; default main) is downloaded into the cache
     (`cache_dir`, default HF_HUB_CACHE) and returned.
 
     When the hub cannot be reached, a snapshot already in the cache is used, as with `local_files_only=True`.
@@ -246,10 +278,16 @@ def resolve_pretrained(
     if local is not None:
         return local
     repo_id = _checked_repo_id(str(name_or_path))
+    if "/" not in repo_id:  # a uldm model on a hub is always 'namespace/name': a bare name is a missing local path
+        raise _no_such_folder(repo_id)
     from huggingface_hub import snapshot_download
 
     from . import __version__
 
+    try:
+        remove_orphan_downloads(repo_id, cache_dir)
+    except OSError:  # a read-only or odd cache: the download itself says what is wrong, if anything is
+        pass
     try:
         folder = snapshot_download(
             repo_id,
@@ -357,6 +395,81 @@ def _card_body(title: str, description: str, metrics: Mapping[str, Any], camera:
     return "\n".join(lines)
 
 
+# Metric ids the hub's model-index knows; a metric named e.g. "val PSNR (dB)" gets the id it names.
+METRIC_TYPES = ("psnr", "ssim", "sam", "mrae", "rmse")
+
+
+def metric_type(name: str) -> str:
+    """The model-index `type` of a metric: the standard id its name contains (psnr, sam, ...), else its words."""
+    words = re.findall(r"[a-z0-9]+", name.lower())
+    return next((word for word in words if word in METRIC_TYPES), "-".join(words) or name)
+
+
+def _eval_results(evaluation: Optional[Mapping[str, Any]]) -> Optional[list]:
+    """huggingface_hub's EvalResults (the card's model-index) of `evaluation` = {"dataset": name, "dataset_type": id,
+    "split": ..., "metrics": {name: value}}; None without one."""
+    from huggingface_hub import EvalResult
+
+    if not evaluation or not evaluation.get("metrics"):
+        return None
+    return [EvalResult(task_type="image-to-image", task_name="RGB to hyperspectral reconstruction",
+                       dataset_type=evaluation["dataset_type"], dataset_name=evaluation["dataset"],
+                       dataset_split=evaluation.get("split"), metric_type=metric_type(name), metric_name=name,
+                       metric_value=_plain_value(value))
+            for name, value in evaluation["metrics"].items()]
+
+
+def _card_data(title: str, *, license: str, tags: Sequence[str], base_model: Any, datasets: Sequence[str],  # noqa: A002
+               evaluation: Optional[Mapping[str, Any]], uldm: Mapping[str, Any]):
+    """The front matter every uldm card carries: library, licence, pipeline_tag, tags, base_model, datasets, the
+    model-index and the `uldm` mapping (camera, metrics)."""
+    from huggingface_hub import ModelCardData
+
+    results = _eval_results(evaluation)
+    return ModelCardData(library_name="uldm", license=license, tags=list(dict.fromkeys([*DEFAULT_TAGS, *tags])),
+                         pipeline_tag="image-to-image", base_model=base_model or None, datasets=list(datasets) or None,
+                         eval_results=results, model_name=title if results else None,
+                         **({"uldm": dict(uldm)} if uldm else {}))
+
+
+def read_model_card(folder: PathLike) -> Optional[str]:
+    """The text of `folder`/README.md, None when there is none."""
+    path = Path(folder) / "README.md"
+    return path.read_text(encoding="utf-8") if path.is_file() else None
+
+
+def card_metadata(text: Optional[str]) -> dict[str, Any]:
+    """What a card's front matter says, as `write_model_card` takes it: base_model, datasets, metrics, evaluation
+    (the first dataset of its model-index) and tags; {} for no card, or one without front matter."""
+    from huggingface_hub import ModelCard
+
+    if not text:
+        return {}
+    try:
+        data = ModelCard(text, ignore_metadata_errors=True).data
+    except ValueError:
+        return {}
+    results = data.eval_results or []
+    first = results[0] if results else None
+    evaluation = None if first is None else {
+        "dataset": first.dataset_name, "dataset_type": first.dataset_type, "split": first.dataset_split,
+        "metrics": {r.metric_name or r.metric_type: r.metric_value for r in results
+                    if (r.dataset_name, r.dataset_type) == (first.dataset_name, first.dataset_type)}}
+    extra = getattr(data, "uldm", None) or {}
+    found = {"base_model": data.base_model, "datasets": data.datasets, "metrics": extra.get("metrics"),
+             "evaluation": evaluation, "tags": data.tags}
+    return {key: value for key, value in found.items() if value}
+
+
+def _write_card(path: Path, front: Any, body: str) -> Path:
+    from huggingface_hub import ModelCard
+
+    card = ModelCard(f"---\n{front.to_yaml()}\n---\n\n{body}")  # parsing it checks the front matter
+    with atomic_write(path) as tmp:
+        tmp.write_text(str(card), encoding="utf-8")
+    return path
+
+
 def write_model_card(
     folder: PathLike,
     *,
@@ -373,30 +486,43 @@ def write_model_card(
     evaluation: Optional[Mapping[str, Any]] = None,
 ) -> Path:
     """Write `folder`/README.md (atomically): YAML front matter the hub indexes (library_name: uldm, license,
-    pipeline_tag, DEFAULT_TAGS plus `tags`, `base_model` and `datasets` when known, an `uldm` mapping with camera and
-    metrics, and with `evaluation` = {"dataset": name, "dataset_type": id, "split": ..., "metrics": {name: value}}
-    a model-index, so the hub shows the metrics) and a Markdown body with the title, description, camera, training
-    notes, a metrics table and how to load it with `pipeline_class`."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
-
+    pipeline_tag, DEFAULT_TAGS plus `tags`, `base_model` (the hub ids of the pretrained weights it started from) and
+    `datasets` when known, an `uldm` mapping with camera and metrics, and with `evaluation` = {"dataset": name,
+    "dataset_type": id, "split": ..., "metrics": {name: value}} a model-index, so the hub shows the metrics) and a
+    Markdown body with the title, description, camera, training notes, a metrics table and how to load it with
+    `pipeline_class`."""
     if not title or not title.strip():
         raise ValueError("a model card needs a non-empty title")
     metrics = {str(name): _plain_value(value) for name, value in (metrics or {}).items()}
-    all_tags = list(dict.fromkeys([*DEFAULT_TAGS, *tags]))
     extra = {key: value for key, value in (("camera", camera), ("metrics", metrics)) if value}
-    results = None
-    if evaluation:
-        results = [EvalResult(task_type="image-to-image", task_name="RGB to hyperspectral reconstruction",
-                              dataset_type=evaluation["dataset_type"], dataset_name=evaluation["dataset"],
-                              dataset_split=evaluation.get("split"), metric_type=name.lower(), metric_name=name,
-                              metric_value=_plain_value(value))
-                   for name, value in evaluation["metrics"].items()]
-    data = ModelCardData(library_name="uldm", license=license, tags=all_tags, pipeline_tag="image-to-image",
-                         base_model=base_model or None, datasets=list(datasets) or None, eval_results=results,
-                         model_name=title.strip() if results else None, **({"uldm": extra} if extra else {}))
+    front = _card_data(title.strip(), license=license, tags=tags, base_model=base_model, datasets=datasets,
+                       evaluation=evaluation, uldm=extra)
     body = _card_body(title.strip(), description, metrics, camera, training, pipeline_class)
-    card = ModelCard(f"---\n{data.to_yaml()}\n---\n\n{body}")  # parsing it checks the front matter
+    return _write_card(Path(folder) / "README.md", front, body)
+
+
+def update_model_card(
+    folder: PathLike,
+    *,
+    base_model: Optional[Union[str, Sequence[str]]] = None,
+    datasets: Sequence[str] = (),
+    evaluation: Optional[Mapping[str, Any]] = None,
+) -> Path:
+    """Rewrite the front matter of an existing `folder`/README.md as `write_model_card` writes it (adding what
+    cards written by older versions lack, such as pipeline_tag), with `base_model`, `datasets` and `evaluation`
+    where given, and what it said before elsewhere; the body stays as it is."""
+    from huggingface_hub import ModelCard
+
     path = Path(folder) / "README.md"
-    with atomic_write(path) as tmp:
-        tmp.write_text(str(card), encoding="utf-8")
-    return path
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no model card to update")
+    card = ModelCard.load(path)
+    old = card.data.to_dict()
+    before = card_metadata(str(card))
+    title = card.data.model_name or next((line[2:].strip() for line in card.text.splitlines()
+                                          if line.startswith("# ")), Path(folder).name)
+    front = _card_data(title, license=old.get("license", DEFAULT_LICENSE), tags=old.get("tags") or (),
+                       base_model=base_model or before.get("base_model"),
+                       datasets=datasets or before.get("datasets") or (),
+                       evaluation=evaluation or before.get("evaluation"), uldm=old.get("uldm") or {})
+    return _write_card(path, front, card.text.lstrip("\n"))
