@@ -324,9 +324,60 @@ def flops_table() -> str:
                   f"ms at {peak:g} TFLOP/s"], out)
 
 
+CROSSVAL_ORDER = ("regression", "scene-mixture-nocontext-sharp", "scene-mixture-sharp", "scene-mixture-nocontext",
+                  "scene-mixture", "uldm-c-prior-only", "uldm-c", "uldm-b-prior-only", "uldm-b",
+                  "uldm-scene-mixture-prior-only", "uldm-scene-mixture",
+                  "mstpp", "r2hdiff")
+
+
+def _crossval_runs() -> list[dict[str, Any]]:
+    """Every cross-validation summary (benchmarks/crossval.py), in CROSSVAL_ORDER, then any other by name."""
+    found = {path.stem.removeprefix("crossval_"): path for path in RESULTS.glob("crossval_*.json")}
+    if "regression" not in found:
+        raise FileNotFoundError(2, "missing", str(RESULTS / "crossval_regression.json"))
+    names = [n for n in CROSSVAL_ORDER if n in found] + sorted(set(found) - set(CROSSVAL_ORDER))
+    return [json.loads(found[name].read_text()) for name in names]
+
+
+def _fit_cell(summary: dict[str, Any]) -> str:
+    """How long a recipe took to fit per fold: seconds for the fitted ones, the training budget for trained ones."""
+    folds = summary["folds"]
+    budgets = [fold["record"].get("budgets") for fold in folds if fold["record"].get("budgets")]
+    if not budgets:
+        return f"{sum(fold['fit_seconds'] for fold in folds) / len(folds):.0f} s per fold"
+    seconds = [sum(run.get("seconds", 0) for run in budget.values()) for budget in budgets]
+    return f"{sum(seconds) / len(seconds) / 60:.0f} min of training per fold (shared pre-training included)"
+
+
+def crossval_table() -> str:
+    """README, card and docs/results.md: every recipe of the leave-scenes-out cross-validation (crossval.py)."""
+    rows = []
+    for summary in _crossval_runs():
+        mean, versus = summary["mean"], summary.get("vs_regression")
+        rows.append([f"`{summary['recipe']}`: {summary['description']}", f"{mean['psnr']:.2f}", f"{mean['sam']:.2f}",
+                     f"{mean['mrae']:.4f}", f"{mean['rmse']:.4f}",
+                     "-" if versus is None else f"{versus['mean_psnr_difference']:+.2f}",
+                     "-" if versus is None else f"{versus['scenes_won']} / {summary['scenes']}",
+                     "-" if versus is None else f"{versus['worst_psnr_difference']:+.2f}", _fit_cell(summary)])
+    return _rows(["recipe", "PSNR (dB)", "SAM (°)", "MRAE", "RMSE", "Δ PSNR vs regression (dB)", "scenes won",
+                  "worst scene Δ (dB)", "fit"], rows)
+
+
+def crossval_scenes_table() -> str:
+    """docs/results.md: PSNR of every scene under every cross-validated recipe (crossval.py)."""
+    runs = _crossval_runs()
+    scenes = sorted(runs[0]["per_scene"])
+    rows = [[_scene(name), *(f"{run['per_scene'][name]['psnr']:.2f}" if name in run["per_scene"] else "-"
+                             for run in runs)] for name in scenes]
+    return _rows(["scene", *(f"`{run['recipe']}`" for run in runs)], rows)
+
+
 TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
+    "crossval": (REPO / "docs" / "results.md", crossval_table),
+    "crossval-scenes": (REPO / "docs" / "results.md", crossval_scenes_table),
+    "crossval-summary": (REPO / "README.md", crossval_table),
     "results": (REPO / "docs" / "results.md", results_table),
-    "peers": (REPO / "README.md", peers_table),
+    "peers": (REPO / "docs" / "results.md", peers_table),
     "spaae-roundtrip": (REPO / "docs" / "results.md", roundtrip_table),
     "ablation": (REPO / "docs" / "results.md", ablation_table),
     "ablation-targets": (REPO / "docs" / "results.md", ablation_targets),

@@ -31,6 +31,7 @@ RIDGE = 1e-4           # ridge of the per-scene fits, relative to the mean diago
 SAMPLE_PIXELS = 4096   # pixels per scene that the error statistics and the gate fit use
 GATE_PENALTIES = (0.0, 1e-3, 1e-2, 1e-1)  # L2 penalties on the gate the inner cross-validation chooses from
 INNER_FOLDS = 5
+GATE_FEATURES = ("global", "density", "fit_error", "local_context", "image_context")  # the gate's weights, in order
 
 
 @dataclass
@@ -198,20 +199,26 @@ def scene_data(paths: Sequence, camera: CameraResponse, degradation=None, format
 
 def fit_scene_mixture_prior(scenes: Sequence[SceneData], camera: CameraResponse, *, degree: int = 2,
                             bins: int = 16, context_window: float = 0.125, use_context: bool = True,
-                            penalties: Sequence[float] = GATE_PENALTIES, seed: int = 0) -> tuple[SceneMixturePrior, dict]:
+                            penalties: Sequence[float] = GATE_PENALTIES, gate: Optional[Sequence[float]] = None,
+                            seed: int = 0) -> tuple[SceneMixturePrior, dict]:
     """The prior for `scenes` (its experts: their global fit and each scene's own) and a record of the fit (the
     gate, its penalty and the inner cross-validation that chose it, its leave-scene-out loss, the scenes).
-    `penalties=(0,)` fits the unpenalised gate without an inner cross-validation."""
+    `penalties=(0,)` fits the unpenalised gate without an inner cross-validation; `gate` (5 weights, e.g. from an
+    earlier fit's record) is used as it is instead of being fitted (the bank is deterministic, so this rebuilds
+    that fit's prior)."""
     if len(scenes) < 3:
         raise ValueError(f"a scene mixture needs at least 3 training scenes (each is mixed from the others), got {len(scenes)}")
     bank = _Bank(scenes, camera, degree, bins, seed)
     prior = bank.prior(list(range(len(scenes))), use_context, context_window, names=[s.name for s in scenes])
+    if gate is not None:
+        prior.gate.data = torch.tensor(list(gate), dtype=torch.float32) * prior.gate_mask()
+        return prior, {"gate": dict(zip(GATE_FEATURES, prior.gate.tolist())), "scenes": [s.name for s in scenes]}
     problems = [_held_out_problem(bank, scenes, i, use_context, context_window) for i in range(len(scenes))]
     mask = prior.gate_mask().double()
     penalty, inner = choose_penalty(problems, mask, penalties) if len(penalties) > 1 else (penalties[0], {})
     gate, loss = fit_gate(problems, mask, penalty)
     prior.gate.data = gate.float()
-    record = {"gate": dict(zip(("global", "density", "fit_error", "local_context", "image_context"), gate.tolist())),
+    record = {"gate": dict(zip(GATE_FEATURES, gate.tolist())),
               "penalty": penalty, "inner_crossval_log_mse": inner,
               "leave_scene_out_log_mse": loss, "scenes": [s.name for s in scenes], "degree": degree, "bins": bins,
               "context_window": context_window, "use_context": use_context, "features": list(feature_names(degree)),

@@ -1,0 +1,60 @@
+"""The cross-validation benchmark: its folds, its paired statistics and its resumable runs (on a tiny data set)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SPLITS = Path(__file__).resolve().parent.parent / "stages" / "configs" / "splits"
+
+
+def test_the_five_folds_partition_the_25_scenes():
+    from uldm.data.splits import read_split_file
+
+    vals = [read_split_file(SPLITS / f"cv5_fold{k}_val.txt") for k in range(5)]
+    trains = [read_split_file(SPLITS / f"cv5_fold{k}_train.txt") for k in range(5)]
+    every = sorted(name for val in vals for name in val)
+    assert len(every) == 25 == len(set(every))
+    for val, train in zip(vals, trains):
+        assert len(val) == 5 and len(train) == 20 and not set(val) & set(train) and sorted(val + train) == every
+
+
+def test_spearman_and_paired_differences(load_benchmark):
+    crossval = load_benchmark("crossval")
+    x = torch.rand(500, dtype=torch.float64)
+    assert crossval.spearman(x, x ** 3) == pytest.approx(1.0)
+    assert crossval.spearman(x, -x) == pytest.approx(-1.0)
+    scores = {"a": {"psnr": 31.0}, "b": {"psnr": 29.0}, "c": {"psnr": 30.5}}
+    base = {"a": {"psnr": 30.0}, "b": {"psnr": 30.0}, "c": {"psnr": 30.0}}
+    paired = crossval.paired_psnr(scores, base, "scenes_won")
+    assert paired["scenes_won"] == 2 and paired["scenes_worse"] == 1
+    assert paired["mean_psnr_difference"] == pytest.approx(0.5 / 3) and paired["worst_psnr_difference"] == -1.0
+
+
+def test_a_fold_is_scored_physical_and_raw_then_kept_and_rebuilt_from_its_record(load_benchmark, tmp_path,
+                                                                                tiny_cave_root, monkeypatch):
+    """Folds of three tiny scenes: a scene mixture fold is fitted, scored both ways and written; a fold written
+    before the raw scoring existed is scored again from its recorded gate (the same scores, no gate search)."""
+    crossval = load_benchmark("crossval")
+    from uldm.data import list_scenes
+
+    scenes = list_scenes(tiny_cave_root, "cave")
+    monkeypatch.setattr(crossval, "fold_scenes", lambda root, fold: (scenes, scenes[:1]))
+    monkeypatch.setattr(crossval, "RESULTS", tmp_path)
+    camera = crossval.CameraResponse.from_preset("nikon5100")
+    first = crossval.fold_results("scene-mixture-nocontext-sharp", tiny_cave_root, camera, [0], False, False)[0]
+    assert set(first["per_scene"]) == set(first["per_scene_raw"]) == {scenes[0].name}
+    assert "leave_scene_out_log_mse" in first["record"]
+    path = tmp_path / "crossval" / "scene-mixture-nocontext-sharp" / "fold0.json"
+    old = json.loads(path.read_text())
+    del old["per_scene_raw"]
+    path.write_text(json.dumps(old))
+    import uldm.scene_prior_fit as scene_prior_fit
+
+    monkeypatch.setattr(scene_prior_fit, "fit_gate", lambda *a, **k: pytest.fail("the kept gate is fitted again"))
+    again = crossval.fold_results("scene-mixture-nocontext-sharp", tiny_cave_root, camera, [0], False, False)[0]
+    assert again["record"]["gate_from_record"] and again["record"]["gate"] == first["record"]["gate"]
+    for scene, row in first["per_scene"].items():
+        np.testing.assert_allclose(again["per_scene"][scene]["psnr"], row["psnr"], rtol=1e-6)
