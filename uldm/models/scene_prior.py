@@ -92,18 +92,26 @@ def context_affinities(rgb: torch.Tensor, palettes: torch.Tensor, bins: int, win
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of N x C x h x w maps (reflect-padded, truncated at 3 sigma)."""
-    radius = min(int(math.ceil(3 * sigma)), min(x.shape[-2:]) - 1)
+    """Separable Gaussian blur of N x C x h x w maps (reflect-padded, truncated at 3 sigma), as two matrix products
+    (a depthwise convolution over hundreds of palette channels is many times slower on a CPU)."""
+    height, width = x.shape[-2:]
+    return blur_matrix(height, sigma, x) @ x @ blur_matrix(width, sigma, x).T
+
+
+def blur_matrix(size: int, sigma: float, like: torch.Tensor) -> torch.Tensor:
+    """The size x size matrix of a 1-D Gaussian blur (reflect-padded, truncated at 3 sigma)."""
+    radius = min(int(math.ceil(3 * sigma)), size - 1)
+    matrix = torch.zeros(size, size, dtype=like.dtype, device=like.device)
     if radius < 1:
-        return x
-    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        return matrix.fill_diagonal_(1.0)
+    taps = torch.arange(-radius, radius + 1, device=like.device)
+    kernel = torch.exp(-0.5 * (taps.to(like.dtype) / sigma) ** 2)
     kernel = kernel / kernel.sum()
-    channels = x.shape[1]
-    x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode="reflect"), kernel.reshape(1, 1, 1, -1).expand(channels, 1, 1, -1),
-                 groups=channels)
-    return F.conv2d(F.pad(x, (0, 0, radius, radius), mode="reflect"), kernel.reshape(1, 1, -1, 1).expand(channels, 1, -1, 1),
-                    groups=channels)
+    rows = torch.arange(size, device=like.device)
+    sources = (rows[:, None] + taps[None, :]).abs()                  # reflect at 0 ...
+    sources = torch.where(sources > size - 1, 2 * (size - 1) - sources, sources)  # ... and at size - 1
+    matrix.index_put_((rows[:, None].expand_as(sources), sources), kernel.expand_as(sources), accumulate=True)
+    return matrix
 
 
 def rows_of(context: torch.Tensor, rows: Optional[tuple[int, int, int]], width: int) -> torch.Tensor:
