@@ -7,7 +7,8 @@ Each checkpoint is loaded with `uldm.checkpoints.load_reconstructor` (a baseline
 or hub id) and scored with `uldm.evaluation.evaluate`, the code behind `uldm evaluate`: RGB rendered from the
 ground truth with the model's own camera, linear, noise-free; MRAE (eps 1e-3), RMSE, PSNR, SAM (degrees) as
 means over the scenes; "max RGB err" is the largest per-scene max |Φŝ − c|. `--rgb-consistent` evaluates every
-R2H-Diff pipeline twice, as trained and projected onto Φŝ = c, so the projection's effect is measured.
+R2H-Diff pipeline twice, as trained and projected onto Φŝ = c, so the projection's effect is measured (both raw,
+without the default physical projection of `uldm.feasibility`; every other row has it).
 
 What the cost columns count (all at one 256 x 256 image, batch 1, on this machine's CPU threads; `--cost-size`
 changes the size, e.g. for a quick check):
@@ -66,17 +67,20 @@ def is_r2hdiff(model: Any) -> bool:
 
 @contextlib.contextmanager
 def projection(model: Any, enabled: Optional[bool]) -> Iterator[None]:
-    """Run an R2H-Diff pipeline with `project_rgb` set to `enabled` (None: as saved), restoring it after."""
+    """Run an R2H-Diff pipeline with `project_rgb` set to `enabled` (None: as saved) and without the physical
+    projection (which would make both variants RGB-consistent), restoring both after."""
     if enabled is None or not is_r2hdiff(model):
         yield
         return
     pipeline = model.pipeline
-    saved = pipeline.config.project_rgb
+    saved, physical = pipeline.config.project_rgb, model.physical
     pipeline.register_to_config(project_rgb=enabled)
+    model.physical = False
     try:
         yield
     finally:
         pipeline.register_to_config(project_rgb=saved)
+        model.physical = physical
 
 
 def variants(spec: str, model: Any, both_projections: bool) -> list[tuple[str, Optional[bool]]]:
@@ -103,13 +107,15 @@ def cost_image(size: int = COST_SIZE) -> np.ndarray:
 
 
 def pipeline_flops(model: PipelineReconstructor, rgb: np.ndarray, steps: int, ensemble: int,
-                   by_module: Optional[dict[str, float]] = None) -> int:
-    """FlopCounterMode total of one pipeline call (matmuls and convolutions, multiply-add = 2); with `by_module`,
-    also fills it with the GFLOP of each top-level module class that ran (UNet, SpaAE encoder and decoder, ...)."""
+                   by_module: Optional[dict[str, float]] = None, physical: Optional[bool] = None) -> int:
+    """FlopCounterMode total of one pipeline call (matmuls and convolutions, multiply-add = 2), with the physical
+    projection as the model runs it unless `physical` says otherwise; with `by_module`, also fills it with the
+    GFLOP of each top-level module class that ran (UNet, SpaAE encoder and decoder, ...)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as counter:
         model.pipeline(rgb, num_inference_steps=steps, ensemble_size=ensemble, input_space="linear",
+                       physical=model.physical if physical is None else physical,
                        generator=torch.Generator().manual_seed(0), show_progress_bar=False)
     if by_module is not None:
         by_module.update({name: sum(counts.values()) / 1e9 for name, counts in counter.get_flop_counts().items()
@@ -126,8 +132,9 @@ def measure_costs(model: Any, steps: Optional[int], ensemble: Optional[int], siz
         steps = steps or config.get("default_denoising_steps", 1)  # a regression network (MST++) has one pass
         ensemble = ensemble or config.get("default_ensemble_size", 1)
         if "default_denoising_steps" in config:
-            one = pipeline_flops(model, rgb, 1, 1)
-            row["gflops_per_step"] = (pipeline_flops(model, rgb, 2, 1) - one) / 1e9
+            # the projection's Newton iterations differ from one result to the next: one step is counted without it
+            one = pipeline_flops(model, rgb, 1, 1, physical=False)
+            row["gflops_per_step"] = (pipeline_flops(model, rgb, 2, 1, physical=False) - one) / 1e9
         row["gflops_by_module"] = {}
         row["gflops_per_image"] = pipeline_flops(model, rgb, steps, ensemble, row["gflops_by_module"]) / 1e9
         row.update(steps=steps, ensemble=ensemble)

@@ -231,14 +231,28 @@ LARGE_IMAGES = (("large_images_baseline.json", "root-polynomial baseline"),
 
 
 def large_images_table() -> str:
-    """docs/results.md: peak memory and seconds of `uldm reconstruct` at 1, 4 and 12 MP (large_images.py)."""
-    rows = []
+    """docs/results.md: peak memory and seconds of `uldm reconstruct` from 1 to 48 MP, with the load average of the
+    machine when each run began, then where the time of one run goes, the models side by side (large_images.py)."""
+    rows, profiles = [], {}
     for name, label in LARGE_IMAGES:
         data = _json(name)
         for row in data["rows"]:
             rows.append([label, f"{row['width']} x {row['height']}", f"{row['megapixels']:.1f}",
-                         f"{row['seconds']:.1f}", f"{row['peak_rss_gib']:.2f}"])
-    return _rows(["model", "image", "MP", "seconds (model loading included)", "peak memory (GiB)"], rows)
+                         f"{row['seconds']:.1f}", f"{row['peak_rss_gib']:.2f}",
+                         _cell(row.get("load_average_before"), "{:.1f}")])
+        if "profile" in data:
+            profiles[label.split(" (")[0]] = data["profile"]
+    table = _rows(["model", "image", "MP", "seconds (model loading included)", "peak memory (GiB)",
+                   "load average at the start"], rows)
+    if not profiles:
+        return table
+    parts = list(dict.fromkeys(part for profile in profiles.values() for part in profile["parts"]))
+    lines = [[part] + [_cell(profile["parts"].get(part), "{:.1f}") for profile in profiles.values()] for part in parts]
+    lines.append(["(the writer's thread, alongside the above)"]
+                 + [f"{profile['writer_thread_s']:.1f}" for profile in profiles.values()])
+    lines.append(["**whole command**"] + [f"**{profile['seconds']:.1f}**" for profile in profiles.values()])
+    header = ["seconds of one run at {:.0f} MP".format(next(iter(profiles.values()))["megapixels"]), *profiles]
+    return table + "\n" + _rows(header, lines)
 
 
 SPEED_NAMES = {"uldm": "ULDM `checkpoints/uldm-cave`", "mstpp": "MST++ `checkpoints/mstpp-cave`"}
@@ -324,6 +338,24 @@ def flops_table() -> str:
                   f"ms at {peak:g} TFLOP/s"], out)
 
 
+def physical_spectra_table() -> str:
+    """docs/results.md: what share of a photo's pixels get unphysical spectra, raw and made physical, per model
+    and photo set (benchmarks/physical_spectra.py)."""
+    data = _json("physical_spectra.json")
+    rows = []
+    for model, sets in data["results"].items():
+        for name, row in sets.items():
+            if not isinstance(row, dict) or "raw" not in row:
+                continue
+            raw, physical = row["raw"], row["physical"]
+            rows.append([model, f"{name} ({row['images']})", f"{raw['negative']:.2f} % → {physical['negative']:.2f} %",
+                         f"{raw['above_one']:.2f} % → {physical['above_one']:.2f} %", f"{raw['min']:.3f}",
+                         f"{physical['out_of_gamut']:.2f} %", f"{physical['in_gamut_rgb_error']:.1e}",
+                         f"+{row['projection_overhead_percent']:.1f} %"])
+    return _rows(["model", "photos", "band < -0.01 (raw → physical)", "band > 1.01 (raw → physical)",
+                  "most negative (raw)", "out of gamut (flagged)", "in-gamut RGB error", "projection's cost"], rows)
+
+
 CROSSVAL_ORDER = ("regression", "scene-mixture-nocontext-sharp", "scene-mixture-sharp", "scene-mixture-nocontext",
                   "scene-mixture", "uldm-c-prior-only", "uldm-c", "uldm-b-prior-only", "uldm-b",
                   "uldm-scene-mixture-prior-only", "uldm-scene-mixture",
@@ -372,10 +404,30 @@ def crossval_scenes_table() -> str:
     return _rows(["scene", *(f"`{run['recipe']}`" for run in runs)], rows)
 
 
+def crossval_partial_table() -> str:
+    """docs/results.md: recipes whose folds are not all scored yet, fold by fold beside the regression on the same
+    scenes (benchmarks/results/crossval/<recipe>/fold<k>.json): progress, not a result."""
+    folder = RESULTS / "crossval"
+    complete = {path.stem.removeprefix("crossval_") for path in RESULTS.glob("crossval_*.json")}
+    rows = []
+    for recipe in sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name not in complete):
+        for path in sorted((folder / recipe).glob("fold*.json")):
+            fold = json.loads(path.read_text())
+            base = json.loads((folder / "regression" / path.name).read_text())
+            mean = sum(row["psnr"] for row in fold["per_scene"].values()) / len(fold["per_scene"])
+            ref = sum(base["per_scene"][name]["psnr"] for name in fold["per_scene"]) / len(fold["per_scene"])
+            won = sum(row["psnr"] > base["per_scene"][name]["psnr"] for name, row in fold["per_scene"].items())
+            rows.append([f"`{recipe}`", str(fold["fold"]), ", ".join(_scene(n) for n in fold["per_scene"]),
+                         f"{mean:.2f}", f"{ref:.2f}", f"{won} / {len(fold['per_scene'])}"])
+    return _rows(["recipe", "fold", "scenes", "PSNR (dB)", "regression (dB)", "scenes won"], rows)
+
+
 TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
+    "crossval-partial": (REPO / "docs" / "results.md", crossval_partial_table),
     "crossval": (REPO / "docs" / "results.md", crossval_table),
     "crossval-scenes": (REPO / "docs" / "results.md", crossval_scenes_table),
     "crossval-summary": (REPO / "README.md", crossval_table),
+    "physical-spectra": (REPO / "docs" / "results.md", physical_spectra_table),
     "results": (REPO / "docs" / "results.md", results_table),
     "peers": (REPO / "docs" / "results.md", peers_table),
     "spaae-roundtrip": (REPO / "docs" / "results.md", roundtrip_table),

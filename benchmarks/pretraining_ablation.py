@@ -1,8 +1,10 @@
 """The RGB-pretraining ablation, scored on two CAVE splits: does starting from pretrained RGB models help?
 
     python benchmarks/pretraining_ablation.py --runs runs --json benchmarks/results/pretraining_ablation.json
+    python benchmarks/pretraining_ablation.py --runs runs --splits std --camera srgb --json runs/cave-std-srgb/scores.json
 
 Reads the stage-2 pipelines that `scripts/train_uldm_cave.sh` writes, `<runs>/cave-<split>/<arm>-seed<N>/pipeline`
+(`<runs>/cave-<split>-<camera>/...` for `--camera` other than nikon5100; their RGB is rendered with that camera)
 (arms a: nothing pretrained, b: pretrained SpaAE, c: pretrained SpaAE + RGB-pretrained UNet), for the standard
 split ("std": val = balloons, face, jelly_beans, stuffed_toys) and split B (stages/configs/splits/cave_b_*.txt),
 and scores each on its split's val scenes, beside the root-polynomial baseline fitted on that split's training
@@ -37,6 +39,7 @@ ARMS = {"a": "nothing pretrained (random UNet, random-weight TAESD3-architecture
         "c": "pretrained SpaAE (TAESD3, adapted) + RGB-pretrained UNet"}
 METRICS = ("psnr", "sam", "mrae", "rmse")
 RUN_PATTERN = re.compile(r"^(?P<arm>[a-z])-seed(?P<seed>\d+)$")
+DEFAULT_CAMERA = "nikon5100"  # scripts/train_uldm_cave.sh's default --camera
 
 
 def split_scenes(root: Path, split: str) -> dict[str, list[Path]]:
@@ -45,10 +48,16 @@ def split_scenes(root: Path, split: str) -> dict[str, list[Path]]:
     return cave_split_from_files(root, *SPLIT_FILES[split])
 
 
-def find_runs(runs: Path, split: str) -> dict[tuple[str, int], Path]:
+def split_folder(runs: Path, split: str, camera: str = DEFAULT_CAMERA) -> Path:
+    """Where scripts/train_uldm_cave.sh writes a split's runs: cave-<split>, or cave-<split>-<camera> for a camera
+    other than the Nikon 5100 (its --camera)."""
+    return runs / (f"cave-{split}" if camera == DEFAULT_CAMERA else f"cave-{split}-{camera}")
+
+
+def find_runs(runs: Path, split: str, camera: str = DEFAULT_CAMERA) -> dict[tuple[str, int], Path]:
     """{(arm, seed): pipeline folder} of the finished stage-2 runs of a split."""
     found = {}
-    for folder in sorted((runs / f"cave-{split}").glob("*-seed*")):
+    for folder in sorted(split_folder(runs, split, camera).glob("*-seed*")):
         match = RUN_PATTERN.match(folder.name)
         if match and (folder / "pipeline" / "model_index.json").exists():
             found[(match["arm"], int(match["seed"]))] = folder / "pipeline"
@@ -64,13 +73,13 @@ def paired(per_scene: dict[str, dict[str, dict[str, float]]], first: str, second
             for metric, values in out.items()}
 
 
-def score_split(root: Path, runs: Path, split: str) -> dict[str, Any]:
+def score_split(root: Path, runs: Path, split: str, camera: str = DEFAULT_CAMERA) -> dict[str, Any]:
     scenes = split_scenes(root, split)
-    found = find_runs(runs, split)
+    found = find_runs(runs, split, camera)
     entries = {f"{arm} seed {seed}": (load_reconstructor(path), {"pipeline": str(path), **read_budget(path.parent)})
                for (arm, seed), path in sorted(found.items())}
-    camera = next(iter(entries.values()))[0].camera if entries else CameraResponse.from_preset("nikon5100")
-    baseline = RootPolynomialRegression.fit_scenes(scenes["train"], camera, format="cave")
+    response = next(iter(entries.values()))[0].camera if entries else CameraResponse.from_preset(camera)
+    baseline = RootPolynomialRegression.fit_scenes(scenes["train"], response, format="cave")
     entries = {"root-polynomial baseline (fitted on this split's train)": (baseline, {}), **entries}
     rows: dict[str, dict[str, Any]] = {}
     per_scene: dict[str, dict[str, dict[str, float]]] = {}
@@ -132,11 +141,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs"), help="the --runs folder of scripts/train_uldm_cave.sh")
     parser.add_argument("--data", type=Path, default=default_cave_root(), help="CAVE root (default: ../shared/data/cave)")
     parser.add_argument("--splits", nargs="+", default=["std", "b"], choices=["std", *SPLIT_FILES])
+    parser.add_argument("--camera", default=DEFAULT_CAMERA,
+                        help="the --camera the runs were trained for (default nikon5100: <runs>/cave-<split>; "
+                             "another: <runs>/cave-<split>-<camera>)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write every figure as JSON")
     args = parser.parse_args(argv)
     if args.data is None or not Path(args.data).is_dir():
         parser.error(f"CAVE data not found at {args.data} (give --data or set $ULDM_CAVE_ROOT)")
-    results = {split: score_split(args.data, args.runs, split) for split in args.splits}
+    results = {split: score_split(args.data, args.runs, split, args.camera) for split in args.splits}
     for split, result in results.items():
         print_split(split, result)
     verdicts = {name: verdict(results, name) for name in ("c - a", "b - a", "c - b")

@@ -2,6 +2,8 @@
 
     python scripts/ship_uldm_cave.py runs/cave-std/c-seed0/pipeline checkpoints/uldm-cave --runs runs \\
         --ablation benchmarks/results/pretraining_ablation.json
+    python scripts/ship_uldm_cave.py runs/cave-std-srgb/c-seed0/pipeline checkpoints/uldm-srgb --runs runs \\
+        --ablation runs/cave-std-srgb/scores.json      # a model for another camera (train_uldm_cave.sh --camera srgb)
 
 The card is generated, never typed: components and their origin from the pipeline's configs and the run folders
 that `scripts/train_uldm_cave.sh` wrote (each stage's logs/run_summary.json: steps, samples, seconds, device), the
@@ -20,12 +22,17 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from uldm import SpectralReconstructionPipeline
+from uldm.camera import SRGB_OBSERVER
+from uldm.checkpoints import checkpoint_camera_name
 from uldm.hub import write_model_card
 from uldm.io import atomic_folder
+from uldm.models.taesd import TAESD_VARIANTS
 from uldm.training import read_budget
 from uldm.pipelines.remote_code import write_remote_code
 
 ARM_NAMES = {"a": "nothing pretrained", "b": "pretrained SpaAE", "c": "pretrained SpaAE + RGB-pretrained UNet"}
+# <runs>/cave-std[-<camera>]/<arm>-seed0/pipeline: train_uldm_cave.sh's folders (the camera's name when not nikon5100)
+RUN_FOLDER = re.compile(r"^cave-std(?:-(?P<camera>[\w.+-]+))?$")
 
 
 def parameter_count(weights: Path) -> int:
@@ -53,6 +60,8 @@ def ablation_table(ablation: dict[str, Any]) -> str:
             name = f"{label}: {ARM_NAMES[arm]}" if arm in ARM_NAMES else label
             lines.append(f"| {split} ({scenes}) | {name} | {row['psnr']:.2f} | {row['sam']:.2f} | {row['mrae']:.4f} "
                          f"| {row['rmse']:.4f} |")
+    if not ablation["verdicts"]:  # one arm scored (a model for another camera): no comparisons
+        return "\n".join(lines)
     lines += ["", "| comparison | PSNR difference per split (dB) | seed spread (dB) | counts |", "| --- | --- | --- | --- |"]
     for name, verdict in ablation["verdicts"].items():
         means = ", ".join(f"{split} {value:+.2f}" for split, value in verdict["psnr_mean_difference"].items())
@@ -64,6 +73,8 @@ def ablation_table(ablation: dict[str, Any]) -> str:
 def support_sentence(arm: str, ablation: dict[str, Any]) -> str:
     """What the ablation's verdicts say about the shipped arm, from the JSON (never typed in)."""
     verdicts = ablation["verdicts"]
+    if "c - a" not in verdicts:  # the ablation's arms were trained for one camera only (the Nikon 5100's card)
+        return ""
 
     def said(name: str) -> str:
         verdict = verdicts[name]
@@ -79,9 +90,27 @@ def support_sentence(arm: str, ablation: dict[str, Any]) -> str:
     return " ".join(sentences)
 
 
-def card_text(pipeline: Path, runs: Path, arm: str, ablation: dict[str, Any],
-              processing_resolution: int) -> tuple[str, dict[str, float], str]:
-    """(description, metrics, training notes) for the card."""
+def card_metadata(arm: str, ablation: dict[str, Any], metrics: dict[str, float]) -> dict[str, Any]:
+    """What the card's front matter adds to the text: the hub id of the weights the arm started from (TAESD3's, for
+    the arms with a pretrained SpaAE), the dataset, and the val metrics as the hub's model-index."""
+    scenes = ", ".join(name.removesuffix("_ms") for name in ablation["splits"]["std"]["val_scenes"])
+    return {"base_model": None if arm == "a" else TAESD_VARIANTS["taesd3"]["hub_id"], "datasets": ["cave"],
+            "evaluation": {"dataset": f"CAVE, standard split, val scenes ({scenes})", "dataset_type": "cave",
+                           "split": "validation", "metrics": metrics}}
+
+
+def camera_phrase(camera: str) -> str:
+    """What the card says the model is for."""
+    if camera == SRGB_OBSERVER:
+        return ("sRGB photographs (the sRGB observer: the CIE 1931 colour matching functions under D65, in linear "
+                "sRGB)")
+    return f"the {camera.removesuffix(' (NPL)')} camera"
+
+
+def card_text(pipeline: Path, runs: Path, arm: str, ablation: dict[str, Any], processing_resolution: int,
+              camera: str, camera_option: Optional[str] = None) -> tuple[str, dict[str, float], str]:
+    """(description, metrics, training notes) for the card of a model for `camera`; `camera_option`:
+    train_uldm_cave.sh's --camera when not the default (then `ablation` scored that camera's runs only)."""
     std = ablation["splits"]["std"]
     row = std["rows"][f"{arm} seed 0"]
     base = std["rows"][next(iter(std["rows"]))]
@@ -89,10 +118,13 @@ def card_text(pipeline: Path, runs: Path, arm: str, ablation: dict[str, Any],
     unet = json.loads((pipeline / "unet" / "config.json").read_text())
     params = {name: parameter_count(pipeline / name / "diffusion_pytorch_model.safetensors")
               for name in ("unet", "vae", "speuae")}
-    split = runs / "cave-std"
-    description = f"""A `SpectralReconstructionPipeline` (RGB -> 31 bands, 400-700 nm) for the Nikon 5100 camera, trained on the
+    split = pipeline.parent.parent  # <runs>/cave-std[-<camera>]
+    arm_sentence = (f"It is arm **{arm}** of the RGB-pretraining ablation ({ARM_NAMES[arm]})." if camera_option is None
+                    else f"It is trained with the recipe of arm **{arm}** of the Nikon 5100 model's RGB-pretraining "
+                         f"ablation ({ARM_NAMES[arm]}).")
+    description = f"""A `SpectralReconstructionPipeline` (RGB -> 31 bands, 400-700 nm) for {camera_phrase(camera)}, trained on the
 21 training scenes of the CAVE database's standard split (every scene but balloons, face, jelly_beans and stuffed_toys),
-clean linear RGB. It is arm **{arm}** of the RGB-pretraining ablation ({ARM_NAMES[arm]}). {support_sentence(arm, ablation)}
+clean linear RGB. {" ".join(filter(None, (arm_sentence, support_sentence(arm, ablation))))}
 
 Components and where their weights come from:
 - **SpaAE** (`vae/`, `{index['vae'][1]}`, {params['vae']:,} parameters, 16 latent channels at 1/8 resolution): TAESD3, the
@@ -120,10 +152,24 @@ full size, band by band); smaller ones at their own."""
 their default data folders; see the repository's docs/training.md):
 
 ```bash
-bash scripts/train_uldm_cave.sh --arm {arm} --ship
+bash scripts/train_uldm_cave.sh --arm {arm}{f' --camera {camera_option}' if camera_option else ''} --ship
 ```
 
-### The RGB-pretraining ablation
+{scores_section(ablation, camera_option)}"""
+    return description, metrics, training
+
+
+def scores_section(ablation: dict[str, Any], camera_option: Optional[str]) -> str:
+    """The card's table of scores: the RGB-pretraining ablation, or for another camera its own runs' scores."""
+    if camera_option is not None:
+        return f"""### Scores
+
+`python benchmarks/pretraining_ablation.py --splits std --camera {camera_option}` scored the runs for this camera on the
+standard split's val scenes (RGB rendered with its response), once per pipeline, beside the root-polynomial baseline
+fitted on the same training scenes.
+
+{ablation_table(ablation)}"""
+    return f"""### The RGB-pretraining ablation
 
 Arms a / b / c share data, steps, batch, seed and every setting; only where their weights start differs.
 `bash scripts/ablation_pretraining.sh` trains them on both splits and scores them
@@ -132,13 +178,13 @@ scored once per pipeline. A difference counts only if its sign holds on both spl
 spread between two seeds of one arm.
 
 {ablation_table(ablation)}"""
-    return description, metrics, training
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("pipeline", type=Path, help="the stage-2 pipeline folder, <runs>/cave-std/<arm>-seed0/pipeline")
-    parser.add_argument("destination", type=Path, help="e.g. checkpoints/uldm-cave")
+    parser.add_argument("pipeline", type=Path,
+                        help="the stage-2 pipeline folder, <runs>/cave-std[-<camera>]/<arm>-seed0/pipeline")
+    parser.add_argument("destination", type=Path, help="e.g. checkpoints/uldm-cave (checkpoints/uldm-srgb for sRGB)")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--ablation", type=Path, default=Path("benchmarks/results/pretraining_ablation.json"))
     parser.add_argument("--processing-resolution", type=int, default=512,
@@ -146,8 +192,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              "at this (0: native; CAVE's 256 x 256 scenes are native either way)")
     args = parser.parse_args(argv)
     match = re.match(r"^([abc])-seed0$", args.pipeline.parent.name)
-    if not match or args.pipeline.parent.parent.name != "cave-std":
-        parser.error(f"{args.pipeline}: expected <runs>/cave-std/<a|b|c>-seed0/pipeline")
+    folder = RUN_FOLDER.match(args.pipeline.parent.parent.name)
+    if not match or not folder:
+        parser.error(f"{args.pipeline}: expected <runs>/cave-std[-<camera>]/<a|b|c>-seed0/pipeline")
     if not args.ablation.exists():
         parser.error(f"{args.ablation}: no ablation results (run benchmarks/pretraining_ablation.py --json ... first)")
     ablation = json.loads(args.ablation.read_text())
@@ -155,7 +202,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     scored = ablation["splits"]["std"]["rows"].get(f"{arm} seed 0", {}).get("pipeline")
     if scored is None or Path(scored).resolve() != args.pipeline.resolve():
         parser.error(f"{args.ablation} did not score {args.pipeline} (it scored {scored}): run the benchmark again")
-    description, metrics, training = card_text(args.pipeline, args.runs, arm, ablation, args.processing_resolution)
+    camera = checkpoint_camera_name(args.pipeline)
+    description, metrics, training = card_text(args.pipeline, args.runs, arm, ablation, args.processing_resolution,
+                                               camera, folder["camera"])
+    title = "ULDM on CAVE from pretrained RGB components" + ("" if folder["camera"] is None else
+                                                              f", for {camera_phrase(camera).split(' (')[0]}")
     with atomic_folder(args.destination) as tmp:
         shutil.copytree(args.pipeline, tmp, ignore=shutil.ignore_patterns("README.md"))
         index_path = tmp / "model_index.json"
@@ -163,8 +214,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         index["default_processing_resolution"] = args.processing_resolution
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
         write_remote_code(tmp, SpectralReconstructionPipeline)  # diffusers' generic from_pretrained loads it too
-        write_model_card(tmp, title="ULDM on CAVE from pretrained RGB components", description=description,
-                         metrics=metrics, camera="Nikon 5100 (NPL)", training=training, tags=["cave", "taesd"])
+        write_model_card(tmp, title=title, description=description, metrics=metrics, camera=camera,
+                         training=training, tags=["cave", "taesd"],
+                         **card_metadata(arm, ablation, metrics))
     print(f"shipped {args.pipeline} as {args.destination}")
     return 0
 

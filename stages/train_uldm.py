@@ -386,7 +386,7 @@ def write_card(folder: Path, config: ULDMConfig, step: int) -> None:
                    description=(f"Stage 2 fine-tuned from `{config.pretrained_model_name_or_path}`{spaae} for {step} "
                                 f"steps with SpeUAE `{config.speuae_path}` on {config.data_format} data "
                                 f"({config.train_scenes})."),
-                   camera=config.camera, pipeline_class="SpectralReconstructionPipeline",
+                   camera=config.camera_response().name, pipeline_class="SpectralReconstructionPipeline",
                    started_from=config.pretrained_model_name_or_path)
 
 

@@ -12,6 +12,13 @@ REPO = Path(__file__).resolve().parents[1]
 REAL_CAVE_ROOT = REPO.parent / "shared" / "data" / "cave"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite's tiny models are the Nikon 5100's and read sRGB test images: their CameraMismatchWarning is noise
+    here (test_srgb_observer.py checks it, overriding this filter). Set here rather than in pyproject.toml, whose
+    hash decides when scripts/setup.sh reinstalls."""
+    config.addinivalue_line("filterwarnings", "ignore:input_space='srgb' takes the image for an sRGB photo:UserWarning")
+
+
 # ------------------------------------------------------------------------------------------------ datasets
 TINY_CAVE_SIZE = 16
 TINY_CAVE_BANDS = 31
@@ -361,3 +368,28 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------- physical spectra
+@pytest.fixture
+def check_physical_by_default():
+    """`check(call, rgb, camera)`: `call(image, **kwargs)` runs a pipeline on an H x W x 3 linear image with
+    `output_type="pt"`. Checks, on `rgb` with a pure-green patch (outside the Nikon 5100's gamut) in its corner,
+    that the default output is the physical projection (`uldm.feasibility`) of the raw one (`physical=False`,
+    whose mask is None): the patch flagged and nothing else, no negative band, exact RGB outside the patch."""
+    from uldm.feasibility import project_feasible
+
+    def check(call, rgb: np.ndarray, camera) -> None:
+        image = rgb.copy()
+        image[:4, :5] = (0.0, 1.0, 0.0)
+        raw, out = call(image, physical=False), call(image)
+        assert raw.out_of_gamut is None and out.out_of_gamut.dtype == torch.bool
+        target = torch.from_numpy(image).permute(2, 0, 1)[None]
+        expected, mask = project_feasible(raw.spectra, target, camera, dim=1)
+        torch.testing.assert_close(out.spectra, expected, rtol=0, atol=1e-6)
+        assert torch.equal(out.out_of_gamut, mask)
+        assert out.out_of_gamut[0, :4, :5].all() and out.out_of_gamut.sum() == 20 and out.spectra.min() >= 0
+        rendered = camera.render(out.spectra[0].double(), channel_axis=0)
+        assert (rendered - target[0].double())[:, 4:].abs().max() < 1e-5 < out.rgb_error[0]
+
+    return check

@@ -441,20 +441,19 @@ def test_two_concurrent_runs_compute_every_image_once_and_keep_every_manifest_ro
 
 
 def _killed_mid_batch(argv, stuck_on: str, ready: Path) -> None:
-    """The command in a forked process, whose save of `stuck_on` hangs with its temporary file half written."""
+    """The command in a forked process, which hangs after streaming the first rows of `stuck_on` into its
+    temporary file."""
     import uldm.io
 
-    real_save = uldm.io.save_cube
+    real_write = uldm.io.CubeWriter.write
 
-    def save(path, *args, **kwargs):
-        if Path(path).stem != stuck_on:
-            return real_save(path, *args, **kwargs)
-        with uldm.io.atomic_write(path) as tmp:
-            tmp.write_bytes(b"half a cube")
+    def write(self, *args, **kwargs):
+        real_write(self, *args, **kwargs)
+        if self.path.stem == stuck_on:
             ready.touch()
             time.sleep(60)
 
-    uldm.io.save_cube = save
+    uldm.io.CubeWriter.write = write
     main(argv)
 
 

@@ -286,7 +286,7 @@ def test_matlab_v73_cubes_are_hdf5_behind_the_mat_header_in_matlab_order(tmp_pat
 
     rng = np.random.default_rng(0)
     cube, wavelengths = rng.random((5, 7, 31)).astype(np.float32), np.arange(400, 701, 10)
-    path = save_cube(tmp_path / "scene.mat", cube, wavelengths, uncertainty=cube / 10)
+    path = save_cube(tmp_path / "scene.mat", cube, wavelengths, uncertainty=cube / 10, mat_version="7.3")
     assert path.read_bytes()[:19] == b"MATLAB 7.3 MAT-file" and path.read_bytes()[126:128] == b"IM"
     with h5py.File(path, "r") as handle:
         assert handle["cube"].shape == (31, 7, 5)  # MATLAB's column-major H x W x B
@@ -311,3 +311,18 @@ def test_envi_cubes_are_a_header_and_band_sequential_float32(tmp_path):
     with pytest.raises(FileExistsError):
         save_cube(header, cube, wavelengths, overwrite=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.hdr", "scene.img"]
+
+
+@pytest.mark.parametrize("name,options", [("scene.h5", {}), ("scene.npz", {}), ("scene.mat", {}),
+                                          ("scene.mat", {"mat_version": "7.3"}), ("scene.hdr", {})])
+def test_the_out_of_gamut_mask_travels_with_the_cube(tmp_path, name, options):
+    from uldm.io import load_out_of_gamut
+
+    rng = np.random.default_rng(2)
+    cube, mask = rng.random((5, 7, 31)).astype(np.float32), rng.random((5, 7)) > 0.6
+    path = save_cube(tmp_path / name, cube, np.arange(400, 701, 10), out_of_gamut=mask, **options)
+    np.testing.assert_array_equal(load_out_of_gamut(path), mask)
+    np.testing.assert_array_equal(load_cube(path)[0], cube)
+    assert load_out_of_gamut(save_cube(tmp_path / f"plain-{name}", cube, np.arange(400, 701, 10), **options)) is None
+    with pytest.raises(CubeFileError, match="out_of_gamut shape"):
+        save_cube(tmp_path / name, cube, np.arange(400, 701, 10), out_of_gamut=mask.T)

@@ -73,12 +73,18 @@ def pipeline() -> MSTPlusPlusPipeline:
 
 def test_the_pipeline_has_the_uldm_outputs_and_projects_on_request(pipeline):
     rgb = np.random.default_rng(0).random((12, 20, 3)).astype(np.float32)
-    free = pipeline(rgb, input_space="linear", show_progress_bar=False)
+    free = pipeline(rgb, input_space="linear", physical=False, show_progress_bar=False)
     assert free.spectra.shape == (1, 12, 20, 31) and free.code is None and not free.uncertainty.any()
-    projected = pipeline(rgb, input_space="linear", rgb_consistent=True, show_progress_bar=False)
+    projected = pipeline(rgb, input_space="linear", rgb_consistent=True, physical=False, show_progress_bar=False)
     assert projected.rgb_error.max() < 1e-5 < free.rgb_error.max()
     with pytest.raises(ValueError, match="regression network"):
         pipeline(rgb, input_space="linear", ensemble_size=3)
+
+
+def test_spectra_are_physical_by_default_and_raw_on_request(pipeline, check_physical_by_default):
+    rgb = np.random.default_rng(1).uniform(0.2, 0.6, (12, 20, 3)).astype(np.float32)
+    check_physical_by_default(lambda image, **kwargs: pipeline(image, input_space="linear", output_type="pt",
+                                                               show_progress_bar=False, **kwargs), rgb, pipeline.camera)
 
 
 def test_save_load_and_every_uldm_loader(pipeline, tmp_path):

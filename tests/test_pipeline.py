@@ -33,6 +33,12 @@ def test_output_shapes_and_exact_rgb_consistency(tiny_pipeline, rgb):
     assert out.uncertainty.max() > 0
 
 
+def test_spectra_are_physical_by_default_and_raw_on_request(tiny_pipeline, rgb, check_physical_by_default):
+    check_physical_by_default(lambda image, **kwargs: run(tiny_pipeline, image, output_type="pt", **kwargs), rgb,
+                              tiny_pipeline.camera)
+    assert run(tiny_pipeline, rgb).out_of_gamut.shape == (1, 24, 20)  # "np": an array of the image's size
+
+
 def test_single_member_has_zero_uncertainty_and_pt_layout(tiny_pipeline, rgb):
     out = run(tiny_pipeline, rgb, ensemble_size=1, output_type="pt")
     assert out.spectra.shape == (1, 31, 24, 20)

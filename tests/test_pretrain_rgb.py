@@ -144,8 +144,10 @@ def test_stage_2_trains_from_the_rgb_pretrained_base_and_its_pipeline_reconstruc
     assert type(pipeline.vae).__name__ == "AutoencoderTiny" and pipeline.config.rgb_encoding == "srgb"
     for name, tensor in spaae.load_spaae(base).state_dict().items():  # the base's SpaAE, carried unchanged
         assert torch.equal(pipeline.vae.state_dict()[name], tensor), name
+    # random colours are often outside the camera's gamut, where the physical projection changes the RGB: the
+    # composition's own exactness is checked on the raw estimate
     out = pipeline(torch.rand(16, 16, 3), input_space="linear", generator=torch.Generator().manual_seed(0),
-                   show_progress_bar=False)
+                   show_progress_bar=False, physical=False)
     assert out.spectra.shape == (1, 16, 16, 31) and out.rgb_error.max() < 1e-5
 
 

@@ -64,6 +64,11 @@ def test_outputs_have_the_common_layout_and_no_code(tiny_r2h_pipeline, rgb):
     assert out.uncertainty.min() >= 0 and out.uncertainty.max() > 0
 
 
+def test_spectra_are_physical_by_default_and_raw_on_request(tiny_r2h_pipeline, rgb, check_physical_by_default):
+    check_physical_by_default(lambda image, **kwargs: run(tiny_r2h_pipeline, image, output_type="pt", ensemble_size=2,
+                                                          **kwargs), rgb, tiny_r2h_pipeline.camera)
+
+
 def test_one_member_has_zero_uncertainty_and_pt_layout(tiny_r2h_pipeline, rgb):
     out = run(tiny_r2h_pipeline, rgb, ensemble_size=1, output_type="pt")
     assert out.spectra.shape == (1, 31, 24, 20)
@@ -117,8 +122,8 @@ def test_batch_of_three_equals_three_single_calls(tiny_r2h_pipeline, rgb):
 
 # ------------------------------------------------------------------------------------------ RGB projection
 def test_rgb_consistent_projection_is_exact_and_keeps_the_unobservable_part(tiny_r2h_pipeline, rgb):
-    free = run(tiny_r2h_pipeline, rgb, output_type="pt")
-    projected = run(tiny_r2h_pipeline, rgb, output_type="pt", rgb_consistent=True)
+    free = run(tiny_r2h_pipeline, rgb, output_type="pt", physical=False)
+    projected = run(tiny_r2h_pipeline, rgb, output_type="pt", rgb_consistent=True, physical=False)
     assert free.rgb_error[0] > 1e-3  # an untrained network does not match the colour by itself
     assert projected.rgb_error[0] < 1e-5
     camera = tiny_r2h_pipeline.camera
@@ -131,8 +136,8 @@ def test_rgb_consistent_projection_is_exact_and_keeps_the_unobservable_part(tiny
 
 def test_project_rgb_config_is_the_default_of_rgb_consistent(tiny_r2h_pipeline, rgb, tmp_path):
     tiny_r2h_pipeline.register_to_config(project_rgb=True)
-    assert run(tiny_r2h_pipeline, rgb).rgb_error[0] < 1e-5
-    assert run(tiny_r2h_pipeline, rgb, rgb_consistent=False).rgb_error[0] > 1e-3
+    assert run(tiny_r2h_pipeline, rgb, physical=False).rgb_error[0] < 1e-5
+    assert run(tiny_r2h_pipeline, rgb, rgb_consistent=False, physical=False).rgb_error[0] > 1e-3
     tiny_r2h_pipeline.save_pretrained(tmp_path / "pipe")
     assert R2HDiffPipeline.from_pretrained(tmp_path / "pipe").config.project_rgb is True
 

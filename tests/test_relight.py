@@ -230,7 +230,8 @@ def test_cli_relight_writes_a_png_of_the_input_size(photo, tmp_path, capsys):
 
 def test_cli_relight_under_the_same_light_returns_the_photo(photo, tmp_path):
     out = tmp_path / "same.png"
-    assert main(["relight", str(photo), "--to", "E", "-o", str(out)]) == 0
+    # --raw: random colours are often outside the camera's gamut, where physical spectra change the RGB
+    assert main(["relight", str(photo), "--to", "E", "-o", str(out), "--raw"]) == 0
     diff = np.asarray(Image.open(out)).astype(int) - np.asarray(Image.open(photo)).astype(int)
     assert np.abs(diff).max() <= 1  # the baseline re-renders to its input RGB; only 8-bit rounding remains
 

@@ -26,6 +26,7 @@ from .spectral import DEFAULT_GRID, SpectralGrid, SpectralGridError
 _LAZY = {
     "SpectralReconstructionPipeline": ".pipelines.pipeline_spectral_reconstruction",
     "SpectralReconstructionOutput": ".pipelines.common",
+    "CameraMismatchWarning": ".pipelines.common",
     "R2HDiffPipeline": ".pipelines.pipeline_r2hdiff",
     "MSTPlusPlusPipeline": ".pipelines.pipeline_mstpp",
     "SpeUAE": ".models.speuae",
@@ -34,6 +35,9 @@ _LAZY = {
     "PromptEmbedding": ".models.sd_adapter",
     "save_cube": ".io",
     "load_cube": ".io",
+    "load_out_of_gamut": ".io",
+    "FeasibleProjection": ".feasibility",
+    "project_feasible": ".feasibility",
     "evaluate_cube": ".metrics",
 }
 

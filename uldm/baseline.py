@@ -12,7 +12,7 @@ differentiate through the very features of this baseline.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
@@ -132,15 +132,18 @@ def rendered_scenes(
 
 class RootPolynomialRegression:
     """Linear map from root-polynomial features to B bands. Call it on an H x W x 3 image. The degree is read from
-    the weights' rows (7 for degree 2), so files saved before degrees existed load unchanged."""
+    the weights' rows (7 for degree 2), so files saved before degrees existed load unchanged. Its spectra are made
+    physical (`uldm.feasibility`: exact in RGB, non-negative, at most 1 where the RGB allows it) unless `physical`
+    is False, which gives the regression's raw output."""
 
-    def __init__(self, weights: np.ndarray, camera: CameraResponse) -> None:
+    def __init__(self, weights: np.ndarray, camera: CameraResponse, physical: bool = True) -> None:
         weights = np.asarray(weights, dtype=np.float64)
         if weights.ndim != 2 or weights.shape[1] != camera.num_bands:
             raise ValueError(f"weights must be F x {camera.num_bands} (F features), got {weights.shape}")
         self.degree = degree_of(weights.shape[0])
         self.weights = weights
         self.camera = camera
+        self.physical = physical
 
     @classmethod
     def fit(cls, rgb: np.ndarray, spectra: np.ndarray, camera: CameraResponse, degree: int = 2) -> "RootPolynomialRegression":
@@ -162,14 +165,48 @@ class RootPolynomialRegression:
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         """H x W x 3 linear RGB -> H x W x B float32 spectra."""
+        return self.predict(rgb).spectra
+
+    def predict(self, rgb: np.ndarray):
+        """H x W x 3 linear RGB (or any ... x 3) -> its `uldm.checkpoints.Reconstruction`: float32 spectra, no
+        uncertainty, and the out-of-gamut mask (None when not `physical`)."""
+        from .checkpoints import Reconstruction
+
         if rgb.shape[-1] != 3:
             raise ValueError(f"expected ... x 3 RGB, got shape {rgb.shape}")
-        out = np.empty((*rgb.shape[:-1], self.weights.shape[1]), dtype=np.float32)
-        flat_in, flat_out = rgb.reshape(-1, 3), out.reshape(-1, self.weights.shape[1])
-        for start in range(0, len(flat_in), BAND_PIXELS):  # in bands: float64 features of a whole photo are GBs
-            part = slice(start, start + BAND_PIXELS)
-            flat_out[part] = root_polynomial_features(flat_in[part], self.degree) @ self.weights
-        return out
+        image = rgb if rgb.ndim == 3 else rgb.reshape(-1, 1, 3)
+        out = np.empty((*image.shape[:2], self.weights.shape[1]), dtype=np.float32)
+        mask = np.zeros(image.shape[:2], dtype=bool)
+
+        def keep(rows: slice, spectra: np.ndarray, _: None, flags: Optional[np.ndarray]) -> None:
+            out[rows] = spectra
+            if flags is not None:
+                mask[rows] = flags
+
+        self.stream(image, keep)
+        shape = rgb.shape[:-1]
+        return Reconstruction(out.reshape(*shape, -1), None, mask.reshape(shape) if self.physical else None)
+
+    def stream(self, rgb: np.ndarray, sink: Callable[[slice, np.ndarray, None, Optional[np.ndarray]], None]) -> None:
+        """`predict` of an H x W x 3 image a band of whole rows (about BAND_PIXELS pixels: float64 features of a
+        whole photo are GBs) at a time, each handed to `sink(rows, spectra, None, out_of_gamut)` (the mask None
+        when not `physical`), top to bottom, and none kept: `uldm reconstruct` writes them into the cube's file."""
+        import torch
+
+        from .feasibility import project_feasible
+
+        if rgb.ndim != 3 or rgb.shape[-1] != 3:
+            raise ValueError(f"expected H x W x 3 RGB, got shape {rgb.shape}")
+        rows = max(1, BAND_PIXELS // max(1, rgb.shape[1]))
+        for top in range(0, rgb.shape[0], rows):
+            band = rgb[top:top + rows]
+            pixels = band.reshape(-1, 3)
+            spectra, mask = root_polynomial_features(pixels, self.degree) @ self.weights, None
+            if self.physical:
+                projected, flags = project_feasible(
+                    torch.from_numpy(spectra), torch.from_numpy(np.asarray(pixels, dtype=np.float64)), self.camera)
+                spectra, mask = projected.numpy(), flags.numpy().reshape(band.shape[:2])
+            sink(slice(top, top + len(band)), spectra.astype(np.float32).reshape(*band.shape[:2], -1), None, mask)
 
     def save(self, path: Union[str, Path]) -> Path:
         """Weights and camera in one .npz, written atomically."""
@@ -185,7 +222,7 @@ class RootPolynomialRegression:
         return path
 
     @classmethod
-    def load(cls, path: Union[str, Path]) -> "RootPolynomialRegression":
+    def load(cls, path: Union[str, Path], physical: bool = True) -> "RootPolynomialRegression":
         import json
 
         try:
@@ -193,4 +230,4 @@ class RootPolynomialRegression:
                 weights, camera = data["weights"], CameraResponse.from_config(json.loads(str(data["camera"])))
         except (OSError, KeyError, ValueError) as exc:
             raise ValueError(f"{path}: not a root-polynomial baseline file ({exc})") from exc
-        return cls(weights, camera)
+        return cls(weights, camera, physical)

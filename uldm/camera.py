@@ -2,7 +2,13 @@
 
 Presets come from colour-science's measured data; any camera can be loaded from a CSV of
 (wavelength, r, g, b). Responses are resampled to the spectral grid and, by default, normalised so that
-a flat unit spectrum renders to (1, 1, 1) (METHOD.md section 1), which keeps linear RGB in [0, 1].
+a flat unit spectrum renders to (1, 1, 1) (METHOD.md section 1), which keeps the linear RGB of reflectances in
+[0, 1] for a camera whose response is non-negative.
+
+The sensor presets (Nikon 5100, ...) give a camera's raw linear RGB. The sRGB observer (`SRGB_OBSERVER`) is what
+an ordinary photograph's values are once the sRGB curve is undone: the CIE 1931 colour matching functions under
+D65, mapped to linear sRGB. The sRGB primaries are not spectral colours, so each of its rows dips below zero at
+some wavelengths (a reflectance can render slightly outside [0, 1]); the three rows are still independent.
 """
 
 from __future__ import annotations
@@ -37,18 +43,39 @@ def _colour_cmfs(key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(data.wavelengths, dtype=np.float64), np.asarray(data.values, dtype=np.float64)
 
 
+# XYZ -> linear sRGB of IEC 61966-2-1:1999 (its D65 white maps to about (1, 1, 1)).
+XYZ_TO_LINEAR_SRGB = np.array([[3.2406, -1.5372, -0.4986],
+                               [-0.9689, 1.8758, 0.0415],
+                               [0.0557, -0.2040, 1.0570]])
+
+
+def _srgb_observer() -> tuple[np.ndarray, np.ndarray]:
+    """The CIE 1931 2° colour matching functions weighted by D65's spectral power, then mapped to linear sRGB:
+    the linear sRGB values of a reflectance lit by D65 (the rows' scale is set by the normalisation)."""
+    import colour
+
+    wavelengths, cmfs = _colour_cmfs("CIE 1931 2 Degree Standard Observer")
+    d65 = colour.SDS_ILLUMINANTS["D65"]
+    lit = (wavelengths >= d65.wavelengths[0]) & (wavelengths <= d65.wavelengths[-1])  # D65 is tabulated to 780 nm
+    power = np.interp(wavelengths[lit], d65.wavelengths, d65.values)
+    return wavelengths[lit], (cmfs[lit] * power[:, None]) @ XYZ_TO_LINEAR_SRGB.T
+
+
 def _colour_package_csv(relative: str) -> tuple[np.ndarray, np.ndarray]:
     import colour.characterisation.datasets as datasets
 
     return _read_response_csv(Path(datasets.__file__).parent / relative)
 
 
+# The camera of ordinary (display-referred, sRGB-encoded) photographs: see the module's docstring.
+SRGB_OBSERVER = "sRGB observer (CIE 1931 2 Degree, D65)"
 # Canonical name -> loader returning (wavelengths, values[N, 3]). All data ship inside colour-science.
 _PRESETS = {
     "Nikon 5100 (NPL)": lambda: _colour_camera("Nikon 5100 (NPL)"),
     "Sigma SDMerill (NPL)": lambda: _colour_camera("Sigma SDMerill (NPL)"),
     "Canon EOS 5D Mark II": lambda: _colour_package_csv("rawtoaces/CANON_EOS_5DMark_II_RGB_Sensitivities.csv"),
     "CIE 1931 2 Degree Standard Observer": lambda: _colour_cmfs("CIE 1931 2 Degree Standard Observer"),
+    SRGB_OBSERVER: _srgb_observer,
 }
 # Short names people type on the command line.
 _ALIASES = {
@@ -59,6 +86,8 @@ _ALIASES = {
     "canon-5d-mark-ii": "Canon EOS 5D Mark II",
     "cie1931": "CIE 1931 2 Degree Standard Observer",
     "cie-1931-2": "CIE 1931 2 Degree Standard Observer",
+    "srgb": SRGB_OBSERVER,
+    "srgb-observer": SRGB_OBSERVER,
 }
 
 

@@ -7,7 +7,7 @@ Every loaded model is a `Reconstructor`: it knows its camera and maps linear RGB
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple, Optional, Protocol, Union
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Protocol, Union
 
 import numpy as np
 
@@ -40,6 +40,29 @@ class Reconstruction(NamedTuple):
     out_of_gamut: Optional[np.ndarray]
 
 
+# `sink(rows, spectra, uncertainty, out_of_gamut)`: one band of rows of an image's `Reconstruction` (NumPy arrays of
+# those rows, the last two None when the model has none), as `stream_rows` hands them, top to bottom.
+RowSink = Callable[[slice, np.ndarray, Optional[np.ndarray], Optional[np.ndarray]], None]
+
+
+def hand_over_rows(reconstruction: Reconstruction, sink: RowSink) -> None:
+    """The rows of a whole `Reconstruction` to `sink`, in bands of about 32 MB."""
+    from .io import row_bands
+
+    for rows in row_bands(*reconstruction.spectra.shape):
+        sink(rows, *(None if array is None else array[rows] for array in reconstruction))
+
+
+def stream_rows(model: Reconstructor, rgb: np.ndarray, sink: RowSink) -> None:
+    """The reconstruction of the H x W x 3 linear `rgb` to `sink`, band of rows by band of rows: as the model computes
+    them when it can (`stream`: the ULDM and the baseline, so the cube is never held whole), else from its whole
+    answer (`predict`, or a call)."""
+    if hasattr(model, "stream"):
+        return model.stream(rgb, sink)
+    answer = model.predict(rgb) if hasattr(model, "predict") else Reconstruction(np.asarray(model(rgb)), None, None)
+    hand_over_rows(answer, sink)
+
+
 class PipelineReconstructor:
     """A diffusion pipeline seen as a Reconstructor: fixed steps, ensemble size and seed, linear RGB in, physical
     spectra (`uldm.feasibility`) unless `physical` is False."""
@@ -53,15 +76,32 @@ class PipelineReconstructor:
     def camera(self) -> CameraResponse:
         return self.pipeline.camera
 
-    def predict(self, rgb: np.ndarray) -> Reconstruction:
-        """The image's `Reconstruction`."""
+    def _call(self, rgb: np.ndarray, **kwargs):
         import torch
 
-        out = self.pipeline(rgb, num_inference_steps=self.steps, ensemble_size=self.ensemble, input_space="linear",
-                            processing_resolution=self.processing_resolution, physical=self.physical,
-                            generator=torch.Generator().manual_seed(self.seed), show_progress_bar=False)
+        return self.pipeline(rgb, num_inference_steps=self.steps, ensemble_size=self.ensemble, input_space="linear",
+                             processing_resolution=self.processing_resolution, physical=self.physical,
+                             generator=torch.Generator().manual_seed(self.seed), show_progress_bar=False, **kwargs)
+
+    def predict(self, rgb: np.ndarray) -> Reconstruction:
+        """The image's `Reconstruction`."""
+        out = self._call(rgb)
         mask = out.out_of_gamut[0] if out.out_of_gamut is not None else None
         return Reconstruction(out.spectra[0], out.uncertainty[0], mask)
+
+    def stream(self, rgb: np.ndarray, sink: RowSink) -> None:
+        """`predict`, each band of rows handed to `sink` (see `RowSink`) as the pipeline composes it and none kept;
+        a pipeline without a `band_sink` (one that upsamples its whole cube at once) hands over its answer's rows."""
+        import inspect
+
+        if "band_sink" not in inspect.signature(self.pipeline.__call__).parameters:
+            return hand_over_rows(self.predict(rgb), sink)
+
+        def first_image(rows: slice, spectra, uncertainty, out_of_gamut) -> None:
+            sink(rows, spectra[0].cpu().numpy(), uncertainty[0].cpu().numpy(),
+                 None if out_of_gamut is None else out_of_gamut[0].cpu().numpy())
+
+        self._call(rgb, band_sink=first_image)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray:
         return self.predict(rgb)[0]

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -66,8 +67,8 @@ DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # --dtype n
 
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """--checkpoint and the diffusion options every command that runs a model takes."""
-    parser.add_argument("--checkpoint", help="pipeline folder, hub id (org/name) or baseline .npz "
-                                             "(default: the best model in checkpoints/)")
+    parser.add_argument("--checkpoint", help="pipeline folder, hub id (org/name) or baseline .npz (default: the "
+                                             "best model in checkpoints/ for the input space; `uldm info` names it)")
     parser.add_argument("--steps", type=int, help="denoising steps (default: the pipeline's)")
     parser.add_argument("--ensemble", type=int, help="samples per image; their spread is the uncertainty (default: 1)")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
@@ -78,6 +79,19 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                              "units; the spectra are composed in float32 either way, so they stay exact in RGB)")
     parser.add_argument("--device", help="where the model runs (default: this process's accelerator, else the CPU; "
                                          "under `accelerate launch` each process its own GPU)")
+    parser.add_argument("--raw", action="store_true",
+                        help="the model's raw estimate: skip the projection onto physical spectra (by default every "
+                             "spectrum renders to its RGB exactly and is non-negative, at most 1 where the RGB allows "
+                             "it; pixels whose RGB no such spectrum renders to are flagged out of gamut)")
+
+
+def add_max_pixels_argument(parser: argparse.ArgumentParser) -> None:
+    """--max-pixels: the largest photo a command reads, checked from the file's header before it is decoded."""
+    from .images import DEFAULT_MAX_PIXELS
+
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse photos of more pixels than this (read from the file's header, before decoding, "
+                             f"so a huge photo cannot exhaust the memory; default: {DEFAULT_MAX_PIXELS:,}; 0: no limit)")
 
 
 def model_from_args(args: argparse.Namespace):
@@ -87,14 +101,24 @@ def model_from_args(args: argparse.Namespace):
     from .distributed import process_state
 
     device = torch.device(args.device) if args.device else process_state().device
-    return load_reconstructor(args.checkpoint, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
-                              processing_resolution=args.processing_resolution, device=device,
-                              dtype=getattr(torch, DTYPES[args.dtype]))
+    input_space = getattr(args, "input_space", "linear")  # commands without --input-space render linear RGB
+    model = load_reconstructor(args.checkpoint, steps=args.steps, ensemble=args.ensemble, seed=args.seed,
+                               processing_resolution=args.processing_resolution, device=device,
+                               dtype=getattr(torch, DTYPES[args.dtype]), physical=not args.raw,
+                               input_space=input_space)
+    if hasattr(args, "input_space"):  # the model takes linear RGB from the command: the command checks the space
+        from .pipelines.common import warn_if_camera_mismatch
+
+        warn_if_camera_mismatch(model, args.input_space)
+    return model
 
 
 # ------------------------------------------------------------------------------------------------- info
 def add_info(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("info", help="version, camera presets and dataset formats")
+    parser = subparsers.add_parser("info", help="version, camera presets, dataset formats and the cameras the "
+                                                "default models assume")
+    parser.add_argument("--checkpoint", help="name the camera this model assumes instead (pipeline folder, "
+                                             "baseline .npz or hub id; read from its configs, weights not loaded)")
     parser.set_defaults(handler=run_info)
 
 
@@ -106,7 +130,39 @@ def run_info(args: argparse.Namespace) -> int:
     print(f"spectral grid: {DEFAULT_GRID}")
     print("camera presets: " + ", ".join(available_cameras()) + " (or a CSV: wavelength,r,g,b)")
     print("dataset formats: cave (native PNG folders), arad (NTIRE 2022 .mat v7.3), h5 (uldm .h5/.npz/.npy cubes)")
+    for line in model_camera_lines(args.checkpoint):
+        print(line)
     return 0
+
+
+def model_camera_lines(checkpoint: Optional[str]) -> list[str]:
+    """'<which model>: <where> (camera <name>)' for `checkpoint`, or for the default model of each input space."""
+    from .camera import SRGB_OBSERVER
+    from .checkpoints import checkpoint_camera_name, default_checkpoint, resolve_checkpoint
+    from .hub import resolve_pretrained
+
+    if checkpoint is not None:
+        specs = {"model": checkpoint}
+    else:
+        specs = {}
+        for space in ("srgb", "linear"):
+            try:
+                specs[f"default model for --input-space {space}"] = default_checkpoint(space)
+            except FileNotFoundError:
+                specs[f"default model for --input-space {space}"] = None
+    lines = []
+    for label, spec in specs.items():
+        if spec is None:
+            lines.append(f"{label}: none (give --checkpoint or set ULDM_CHECKPOINT)")
+            continue
+        where = resolve_checkpoint(spec)
+        if not isinstance(where, Path):  # a hub id: its configs are enough
+            where = resolve_pretrained(where, allow_patterns=["*.json"])
+        camera = checkpoint_camera_name(where)
+        warns = camera != SRGB_OBSERVER and (checkpoint is not None or "srgb" in label)
+        note = "; sRGB photos (--input-space srgb) get a CameraMismatchWarning" if warns else ""
+        lines.append(f"{label}: {spec} (camera {camera}{note})")
+    return lines
 
 
 # --------------------------------------------------------------------------------------------- baseline
@@ -186,7 +242,9 @@ def add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
         "reconstruct", help="RGB images -> 31-band cubes (HDF5), with previews; sharded under accelerate launch",
         description="Every image (or every image under a folder, recursively) gets one cube; outputs mirror the "
                     "inputs' relative paths. Existing outputs are skipped, so a rerun resumes (--overwrite replaces "
-                    "them); a failing input is reported and the batch goes on (exit code 1 if any failed). Under "
+                    "them); a failing input is reported and the batch goes on (exit code 1 if any failed). Every image "
+                    "is recorded in the manifest as it finishes, so a killed run loses nothing finished. Runs into "
+                    "one output folder share the work: each image is claimed before it is computed. Under "
                     "`accelerate launch --num_processes N` each process takes every N-th image.")
     parser.add_argument("inputs", nargs="+", type=Path, help="images (PNG/JPEG/BMP/TIFF, 8 or 16 bit) or folders of them")
     parser.add_argument("-o", "--output", required=True, type=Path, help="output folder: one cube per image (<name>.h5, or as --output-format says)")
@@ -195,43 +253,63 @@ def add_reconstruct(subparsers: argparse._SubParsersAction) -> None:
                         help="how the image values are encoded (default: srgb, as ordinary photos are)")
     parser.add_argument("--preview", action="store_true", help="also write <name>_preview.png and <name>_spectra.png")
     parser.add_argument("--output-format", choices=sorted(OUTPUT_SUFFIXES), default="h5",
-                        help="h5 (default: cube, uncertainty, camera, provenance), mat (MATLAB v7.3), envi "
-                             "(<name>.hdr + <name>.img) or npz")
+                        help="h5 (default: cube, uncertainty, camera, provenance), mat (MATLAB: cube, bands, "
+                             "uncertainty), envi (<name>.hdr + <name>.img, the uncertainty in <name>_uncertainty.hdr "
+                             "+ .img) or npz. h5, MAT 7.3 and envi are written band of rows by band of rows, in "
+                             "bounded memory at any size; npz and MAT 5 are built in memory, for cubes up to 512 MiB "
+                             "(about 4 megapixels)")
+    parser.add_argument("--mat-version", choices=["5", "7.3"],
+                        help="with --output-format mat: 5 (scipy.io.loadmat reads it) or 7.3 (HDF5; h5py reads it); "
+                             "default: 5 for cubes up to 512 MiB (about 4 megapixels; built in memory), else 7.3 "
+                             "(written as the rows come)")
     parser.add_argument("--overwrite", action="store_true", help="replace outputs that exist (default: skip them)")
     parser.add_argument("--manifest", type=Path,
                         help="where to record every image's output, status, seconds and RGB error (.json or .csv; "
                              "default: <output>/manifest.json)")
+    add_max_pixels_argument(parser)
     parser.set_defaults(handler=run_reconstruct)
 
 
 def run_reconstruct(args: argparse.Namespace) -> int:
+    import time
+
     from tqdm.auto import tqdm
 
-    from .batch import plan_jobs, run_jobs, shard, summary_line, write_manifest
+    from .batch import plan_jobs, prepare_output_folder, preview_paths, run_jobs, shard, summary_line
     from .distributed import gather_lists, process_state
     from .images import load_linear_rgb
-    from .io import save_cube
-    from .visualize import pick_pixels, plot_spectra, save_preview
+    from .io import envi_companion_path, open_cube_writer
+    from .locks import sharing_folder
+    from .visualize import StreamedPreview, pick_pixels
 
+    if args.mat_version and args.output_format != "mat":
+        raise ValueError(f"--mat-version {args.mat_version} applies to --output-format mat only")
+    started = time.time()
     jobs = plan_jobs(args.inputs, args.output, OUTPUT_SUFFIXES[args.output_format])  # fails before the model loads
+    prepare_output_folder(args.output)
+    manifest = args.manifest or args.output / "manifest.json"
     state = process_state()
     mine = shard(jobs, state.process_index, state.num_processes)
     model = model_from_args(args)
     wavelengths = model.camera.grid.as_array()
 
     def reconstruct(job) -> dict:
-        rgb = load_linear_rgb(job.source, args.input_space)
-        cube, uncertainty = model.predict(rgb) if hasattr(model, "predict") else (model(rgb), None)
+        """The cube of one photo, written into its file band of rows by band of rows as the model computes them
+        (never held whole), with the previews drawn from the same rows; what the manifest records of it."""
+        rgb = load_linear_rgb(job.source, args.input_space, max_pixels=args.max_pixels or None)
         provenance = {"source": str(job.source), "input_space": args.input_space,
                       "checkpoint": str(args.checkpoint or "default"), "steps": args.steps, "ensemble": args.ensemble,
-                      "seed": args.seed}
-        if args.preview:
-            stem = job.output.with_suffix("")
-            save_preview(f"{stem}_preview.png", cube, wavelengths)
-            plot_spectra(f"{stem}_spectra.png", cube, wavelengths, pick_pixels(rgb), uncertainty=uncertainty)
-        save_cube(job.output, cube, wavelengths, camera=model.camera, attrs=provenance, uncertainty=uncertainty,
-                  overwrite=args.overwrite)
-        return {"rgb_error": model.camera.render_error(cube, rgb)}
+                      "seed": args.seed, "physical": not args.raw}
+        height, width = rgb.shape[:2]
+        preview = StreamedPreview(height, width, wavelengths, pick_pixels(rgb)) if args.preview else None
+        with open_cube_writer(job.output, height, width, wavelengths, camera=model.camera, attrs=provenance,
+                              overwrite=args.overwrite, mat_version=args.mat_version) as writer:
+            info = write_rows(model, rgb, writer, preview)
+            if preview is not None:
+                preview.save(*preview_paths(job.output))
+        if args.output_format == "envi":  # ENVI holds one array per file
+            info.update({f"{name}_file": str(envi_companion_path(job.output, name)) for name in writer.stored[1:]})
+        return info
 
     bar = tqdm(total=len(mine), desc=f"reconstruct ({len(jobs)} images, {state.num_processes} processes)",
                disable=not state.is_main_process)
@@ -241,18 +319,39 @@ def run_reconstruct(args: argparse.Namespace) -> int:
         if result.status != "done":
             tqdm.write(f"{result.input}: {result.status}: {result.reason}")
 
-    results = gather_lists(run_jobs(mine, reconstruct, overwrite=args.overwrite, progress=show))
+    with sharing_folder(args.output, started):  # removes what killed runs left there, when no other run works there
+        own = run_jobs(mine, reconstruct, overwrite=args.overwrite, progress=show, manifest=manifest)
+    results = gather_lists(own)
     bar.close()
     order = {str(job.output): index for index, job in enumerate(jobs)}
-    results.sort(key=lambda result: order[result.output])  # the manifest in input order, however it was sharded
+    results.sort(key=lambda result: order[result.output])  # failures reported in input order, however sharded
     if not state.is_main_process:
         return 0
-    manifest = write_manifest(args.manifest or args.output / "manifest.json", results)
     failed = [r for r in results if r.status == "failed"]
     print(f"{summary_line(results)} ({len(jobs)} images); manifest {manifest}")
     for result in failed:
         print(f"failed: {result.input}: {result.reason}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def write_rows(model, rgb, writer, preview=None) -> dict:
+    """Stream the model's reconstruction of `rgb` into `writer` (`uldm.io.CubeWriter`) and `preview` (a
+    `uldm.visualize.StreamedPreview`), a band of rows at a time (`uldm.checkpoints.stream_rows`); what the manifest
+    records: the largest |Φŝ − c| (float64, against the linear RGB) and the out-of-gamut pixels."""
+    from .checkpoints import stream_rows
+
+    info: dict = {"rgb_error": 0.0}
+
+    def write(rows: slice, spectra, uncertainty, out_of_gamut) -> None:
+        writer.write(spectra, uncertainty, out_of_gamut)
+        info["rgb_error"] = max(info["rgb_error"], model.camera.render_error(spectra, rgb[rows]))
+        if out_of_gamut is not None:
+            info["out_of_gamut_pixels"] = info.get("out_of_gamut_pixels", 0) + int(out_of_gamut.sum())
+        if preview is not None:
+            preview.add(rows, spectra, uncertainty, out_of_gamut)
+
+    stream_rows(model, rgb, write)
+    return info
 
 
 # ----------------------------------------------------------------------------------------------- relight
@@ -276,6 +375,7 @@ def add_relight(subparsers: argparse._SubParsersAction) -> None:
                              "(default), or sRGB through the CIE 1931 observer")
     parser.add_argument("--white-balance", action="store_true",
                         help="remove the light's colour cast, as an auto-white-balanced camera would")
+    add_max_pixels_argument(parser)
     parser.add_argument("--list", action="store_true", help="print the illuminant names and exit")
     parser.set_defaults(handler=run_relight)
 
@@ -299,7 +399,7 @@ def run_relight(args: argparse.Namespace) -> int:
     model = model_from_args(args)
     for spec in (args.to, args.from_):  # a typo should fail before the reconstruction runs, not after
         load_illuminant(spec, model.camera.grid)
-    rgb = load_linear_rgb(args.input, args.input_space)
+    rgb = load_linear_rgb(args.input, args.input_space, max_pixels=args.max_pixels or None)
     relit = relight(model(rgb), model.camera.grid.as_array(), args.to, from_=args.from_, camera=model.camera,
                     output=args.space, white_balance=args.white_balance)
     save_srgb_png(args.destination, relit)
@@ -378,10 +478,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def plain_warnings(command: str) -> Iterator[None]:
+    """Within the block, warnings print as `uldm COMMAND: warning (Category): message`: they are for the user,
+    not a source line."""
+    import warnings
+
+    saved = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_, **__: (
+        f"uldm {command}: warning ({category.__name__}): {message}\n")
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with plain_warnings(args.command):
+            return args.handler(args)
     except (ValueError, OSError) as exc:  # our errors say what went wrong and where: no traceback needed
         print(f"uldm {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -29,11 +29,21 @@ class ImageError(ValueError):
     """An input image that cannot be used as RGB (grey, wrong shape, NaN, unreadable file)."""
 
 
+SRGB_CHUNK = 1 << 22  # values decoded at once: colour-science works on float64 copies, GBs for a whole photo
+
+
 def srgb_to_linear(rgb: np.ndarray) -> np.ndarray:
-    """Undo the sRGB transfer curve (IEC 61966-2-1), via colour-science."""
+    """Undo the sRGB transfer curve (IEC 61966-2-1), via colour-science, SRGB_CHUNK values at a time (so its
+    float64 temporaries stay small at any size) into one float32 array."""
     import colour
 
-    return np.asarray(colour.models.eotf_sRGB(np.clip(rgb, 0.0, 1.0)), dtype=np.float32)
+    rgb = np.asarray(rgb)
+    out = np.empty(rgb.shape, np.float32)
+    values, linear = rgb.reshape(-1), out.reshape(-1)
+    for start in range(0, values.size, SRGB_CHUNK):
+        part = slice(start, start + SRGB_CHUNK)
+        linear[part] = colour.models.eotf_sRGB(np.clip(values[part], 0.0, 1.0))
+    return out
 
 
 def linear_to_srgb(rgb: np.ndarray) -> np.ndarray:
@@ -44,11 +54,11 @@ def linear_to_srgb(rgb: np.ndarray) -> np.ndarray:
 
 def _scale_integers(array: np.ndarray, where: str) -> np.ndarray:
     if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255.0
+        return np.divide(array, np.float32(255), dtype=np.float32)
     if array.dtype == np.uint16:
-        return array.astype(np.float32) / 65535.0
+        return np.divide(array, np.float32(65535), dtype=np.float32)
     if array.dtype.kind == "f":
-        return array.astype(np.float32)
+        return array.astype(np.float32)  # a copy: callers may change it in place
     raise ImageError(f"{where}: unsupported pixel type {array.dtype} (expected 8/16-bit integers or floats)")
 
 
@@ -129,7 +139,8 @@ def to_rgb_array(image: Union[np.ndarray, torch.Tensor, Image.Image, str, Path],
                  max_pixels: Optional[int] = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Any supported input -> float32 H x W x 3 in [0, 1] (values as stored: no colour-space change).
 
-    Arrays may be H x W x 3 or 3 x H x W (tensors are taken as 3 x H x W when the first axis has 3 entries).
+    Arrays may be H x W x 3 or 3 x H x W (tensors are taken as 3 x H x W when the first axis has 3 entries), or a
+    batch of one of these (1 x 3 x H x W, as diffusers' pipelines pass single images).
     Alpha is dropped; grey images are rejected because they carry no colour to reconstruct spectra from. A file
     larger than `max_pixels` is refused before it is decoded (`read_image_file`).
     """
@@ -150,6 +161,8 @@ def to_rgb_array(image: Union[np.ndarray, torch.Tensor, Image.Image, str, Path],
             tensor = tensor.permute(1, 2, 0)
         image = tensor.float().numpy() if tensor.is_floating_point() else tensor.numpy()
     array = np.asarray(image)
+    if array.ndim == 4 and array.shape[0] == 1:  # a batch of one image
+        array = array[0]
     if array.size == 0:
         raise ImageError(f"{where}: the image is empty (shape {array.shape})")
     if array.ndim == 3 and array.shape[0] in (3, 4) and array.shape[-1] not in (3, 4):
@@ -163,7 +176,7 @@ def to_rgb_array(image: Union[np.ndarray, torch.Tensor, Image.Image, str, Path],
         raise ImageError(f"{where}: the image contains NaN or infinite values")
     if rgb.min() < -1e-3 or rgb.max() > 1 + 1e-3:
         raise ImageError(f"{where}: float RGB must lie in [0, 1], got range [{rgb.min():.3g}, {rgb.max():.3g}]")
-    return np.clip(rgb, 0.0, 1.0)
+    return np.clip(rgb, 0.0, 1.0, out=rgb)  # rgb is this function's own copy
 
 
 def load_linear_rgb(image, input_space: InputSpace = "srgb", where: str = "image",

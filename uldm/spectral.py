@@ -80,6 +80,14 @@ def interpolation_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
 
 
 DEFAULT_GRID = SpectralGrid.uniform(400.0, 700.0, 10.0)
+# The wavelengths a three-band display shows as red, green and blue (false-colour previews, ENVI's default bands).
+DISPLAY_RGB_NM = (650.0, 550.0, 450.0)
+
+
+def nearest_bands(wavelengths: Sequence[float], targets: Sequence[float]) -> list[int]:
+    """The index (0-based) of the band nearest each target wavelength."""
+    wl = np.asarray(wavelengths, dtype=np.float64)
+    return [int(np.argmin(np.abs(wl - float(target)))) for target in targets]
 
 
 def read_spectral_csv(path, columns: Sequence[str], error: type = SpectralGridError) -> tuple[np.ndarray, np.ndarray]:

@@ -21,10 +21,11 @@ from .spaae import SpaAELoadError
 # latent channels of each variant and the latent space it shares; all downsample by 8. Their latents have about
 # unit spread on natural photos (standard deviation 0.79 / 1.00 / 0.83 over 40 of ../shared/data/rgb at 256 x 256),
 # so the scaling factor stays 1, as AutoencoderTiny's default.
+# `hub_id`: the model hub's copy of the same weights, which model cards name as their base_model.
 TAESD_VARIANTS: dict[str, dict[str, Any]] = {
-    "taesd": {"latent_channels": 4, "space": "Stable Diffusion 1.x / 2.x (kl-f8)"},
-    "taesd3": {"latent_channels": 16, "space": "Stable Diffusion 3"},
-    "taef1": {"latent_channels": 16, "space": "FLUX.1"},
+    "taesd": {"latent_channels": 4, "space": "Stable Diffusion 1.x / 2.x (kl-f8)", "hub_id": "madebyollin/taesd"},
+    "taesd3": {"latent_channels": 16, "space": "Stable Diffusion 3", "hub_id": "madebyollin/taesd3"},
+    "taef1": {"latent_channels": 16, "space": "FLUX.1", "hub_id": "madebyollin/taef1"},
 }
 TAESD_DIR_ENV = "ULDM_TAESD_DIR"
 

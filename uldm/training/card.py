@@ -43,7 +43,9 @@ def write_run_card(folder: Path, config: TrainConfig, *, title: str, description
     shown = {key: value for key, value in config_dict(config).items() if key != "data_root"}  # a local path
     training = (f"{measured}{budget_sentence(Path(config.output_dir))}The run's config (without its local data folder):"
                 f"\n\n```yaml\n{yaml.safe_dump(shown, sort_keys=False)}```")
-    hub_base = started_from if started_from and not looks_like_local_path(started_from) else None
+    # the config's base_model, else the starting point when it is a hub id (a local folder names nothing on the hub)
+    hub_base = getattr(config, "base_model", None) or (
+        started_from if started_from and not looks_like_local_path(started_from) else None)
     return write_model_card(folder, title=title, description=description, metrics=metrics or None, camera=camera,
                             training=training, tags=tags, pipeline_class=pipeline_class, base_model=hub_base,
                             datasets=[config.data_format], evaluation=evaluation)

@@ -122,11 +122,19 @@ class PipelineConfig(TrainConfig):
     push_to_hub: bool = False
     hub_model_id: Optional[str] = None
     hub_private: bool = False
+    # the hub id of the pretrained weights the run started from, the model card's base_model (e.g. the TAESD3
+    # weights of a SpaAE that local folders passed on); default: the starting point when that is a hub id
+    base_model: Optional[str] = None
 
     def validate(self) -> None:
         super().validate()
         if self.push_to_hub and not self.hub_model_id:
             raise ConfigError("push_to_hub needs hub_model_id (org/name)")
+        if self.base_model is not None:
+            from ..hub import looks_like_local_path
+
+            if looks_like_local_path(self.base_model):
+                raise ConfigError(f"base_model names a model hub id (org/name), not a folder: {self.base_model!r}")
 
 
 def typed_value(name: str, value: Any, hint: Any) -> Any:

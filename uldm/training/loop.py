@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Type
 
@@ -47,6 +48,11 @@ def read_metrics(output_dir: Path) -> list[dict[str, float]]:
     return [by_step[step] for step in sorted(by_step)]
 
 
+def utc_timestamp() -> str:
+    """Now as ISO 8601 with microseconds and the UTC offset, which `datetime.fromisoformat` reads back."""
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
 def record_budget(output_dir: Path, accelerator, config: RunConfig, first: int, last: int, seconds: float,
                   *, started: str, ended: bool = True) -> Path:
     """Record what this call of the loop spent in <output_dir>/logs/run_summary.json, one entry per call (a resumed
@@ -63,7 +69,7 @@ def record_budget(output_dir: Path, accelerator, config: RunConfig, first: int, 
     entries.append({"from_step": first, "to_step": last, "samples": (last - first) * per_step,
                     "seconds": round(seconds, 1), "device": name, "processes": accelerator.num_processes,
                     "mixed_precision": accelerator.mixed_precision, "started": started,
-                    "ended": time.strftime("%Y-%m-%dT%H:%M:%S") if ended else None})
+                    "ended": utc_timestamp() if ended else None})
     return save_json(entries, path)
 
 
@@ -110,7 +116,7 @@ def train_loop(
     output_dir = Path(config.output_dir)
     step = start_step
     started = time.perf_counter()
-    call_started = time.strftime("%Y-%m-%dT%H:%M:%S") + f"+{started:.3f}"  # names this call's budget entry
+    call_started = utc_timestamp()  # also names this call's budget entry (microseconds tell calls apart)
     params = [p for model in models for p in model.parameters() if p.requires_grad]
     progress = tqdm(total=config.max_train_steps, initial=step, desc=desc, disable=not accelerator.is_local_main_process)
     for _, batch in batches_from(loader, dataset, sampler, accelerator, step, config.gradient_accumulation_steps):
