@@ -341,7 +341,8 @@ def threads_beside_a_sink(band_sink: Optional[BandSink], device: torch.device) -
     """Within the block, one intra-op CPU thread fewer when a `band_sink` is given: its writer's thread
     (`uldm.io.CubeWriter`) compresses each band on a core of its own meanwhile, and an intra-op pool that shares
     its cores with it spends more time synchronising than computing (the SpeUAE's band of 256k pixels: 7x slower
-    on 2 threads than on 1 on a busy 2-core CPU)."""
+    on 2 threads than on 1 on a busy 2-core CPU). Two bands at once on a thread each were slower still: the
+    physical projection's many small operations hold the GIL."""
     threads = torch.get_num_threads()
     if band_sink is None or device.type != "cpu" or threads == 1:
         yield

@@ -201,3 +201,26 @@ def test_a_kill_while_streaming_an_envi_cube_leaves_only_temporary_files_the_nex
     assert sorted(p.name for p in out.glob("[!.]*")) == ["manifest.json", "scene.hdr", "scene.img",
                                                        "scene_out_of_gamut.hdr", "scene_out_of_gamut.img"]
     assert load_cube(out / "scene.hdr")[0].shape == (37, 20, 31)
+
+
+def test_streamed_bands_leave_a_thread_to_the_writer_and_equal_the_in_memory_rows(tiny_pipeline, rgb):
+    import torch
+
+    threads, decode = [], tiny_pipeline.speuae.decode_unobservable
+    tiny_pipeline.speuae.decode_unobservable = lambda *a: threads.append(torch.get_num_threads()) or decode(*a)
+    call = {"input_space": "linear", "show_progress_bar": False}
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)  # the diffusion's rounding depends on the threads: both runs on 2
+    try:
+        whole = tiny_pipeline(rgb, generator=torch.Generator().manual_seed(0), **call)
+        kept = {}
+        tiny_pipeline.compose_spectra = functools.partial(type(tiny_pipeline).compose_spectra, tiny_pipeline,
+                                                          tile_pixels=2 * rgb.shape[1])
+        out = tiny_pipeline(rgb, generator=torch.Generator().manual_seed(0), **call,
+                            band_sink=lambda rows, spectra, *_: kept.setdefault(rows.start, spectra.clone()))
+        assert torch.get_num_threads() == 2  # restored after the bands
+    finally:
+        torch.set_num_threads(saved)
+    assert threads == [2] + [1] * 19  # in memory on both threads; streamed, one band of 2 rows at a time on one
+    assert list(kept) == list(range(0, 37, 2)) and out.spectra.shape[1] == 0
+    np.testing.assert_array_equal(np.concatenate([kept[top][0].numpy() for top in kept]), whole.spectra[0])
