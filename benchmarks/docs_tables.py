@@ -246,7 +246,8 @@ def large_images_table() -> str:
                    "load average at the start"], rows)
     if not profiles:
         return table
-    parts = list(dict.fromkeys(part for profile in profiles.values() for part in profile["parts"]))
+    longest_first = sorted(profiles.values(), key=lambda profile: -len(profile["parts"]))
+    parts = list(dict.fromkeys(part for profile in longest_first for part in profile["parts"]))
     lines = [[part] + [_cell(profile["parts"].get(part), "{:.1f}") for profile in profiles.values()] for part in parts]
     lines.append(["(the writer's thread, alongside the above)"]
                  + [f"{profile['writer_thread_s']:.1f}" for profile in profiles.values()])

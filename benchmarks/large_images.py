@@ -87,7 +87,8 @@ def profile(checkpoint: Optional[str], megapixels: float, folder: Path, resoluti
     """The --profile run: this script in a fresh process (`profiled_command`), its parts read from its stdout."""
     photo = folder / f"photo-{megapixels:g}mp.jpg"
     width, height = synthetic_photo(photo, megapixels)
-    command = [sys.executable, __file__, PROFILED, *reconstruct_arguments(photo, folder / "out", checkpoint, resolution)]
+    command = [sys.executable, __file__, PROFILED,
+               *reconstruct_arguments(photo, folder / "out", checkpoint, resolution)]
     load_before = os.getloadavg()[0]
     seconds, peak, output = run_child(command, threads)
     parts = json.loads(output.strip().splitlines()[-1])

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import multiprocessing
+import time
 from pathlib import Path
 
 import numpy as np
@@ -393,3 +396,27 @@ def check_physical_by_default():
         assert (rendered - target[0].double())[:, 4:].abs().max() < 1e-5 < out.rgb_error[0]
 
     return check
+
+
+# ------------------------------------------------------------------------------------- child processes
+@contextlib.contextmanager
+def child_process(target, *args):
+    """`target(*args)` in a fresh interpreter, killed and reaped on the way out whatever the test did. Spawned, not
+    forked: a forked child of a process whose OpenMP pool has run can hang for ever, and a hung non-daemon child
+    would also hold pytest at exit."""
+    process = multiprocessing.get_context("spawn").Process(target=target, args=args, daemon=True)
+    process.start()
+    try:
+        yield process
+    finally:
+        if process.is_alive():
+            process.kill()
+        process.join(timeout=30)
+
+
+def wait_for_file(path: Path, process, seconds: float = 180) -> bool:
+    """Whether `path` appeared before `process` ended or `seconds` passed (a spawned child imports torch first)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists() and process.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return path.exists()

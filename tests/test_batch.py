@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, child_process, wait_for_file
 from uldm.batch import Job, plan_jobs, run_jobs, shard, summary_line, write_manifest
 from uldm.cli import main
 from uldm.io import CubeFileError, load_cube, save_cube
@@ -403,16 +403,15 @@ def _fake_cube_writer(log: Path, delay: float):
     return reconstruct
 
 
-def _one_of_two_runs(jobs, out: Path, manifest: Path, log: Path, start_at: float, delay: float) -> None:
-    """A run in a forked process. Fault injection: the manifest's read-merge-write is slowed down, so that without
+def _one_of_two_runs(jobs, out: Path, manifest: Path, log: Path, start_together, delay: float) -> None:
+    """A run in a child process. Fault injection: the manifest's read-merge-write is slowed down, so that without
     the manifest lock the other run's rows would be overwritten."""
     import uldm.batch
     from uldm.locks import sharing_folder
 
     read = uldm.batch._previous_rows
     uldm.batch._previous_rows = lambda path: (read(path), time.sleep(delay))[0]
-    while time.time() < start_at:  # both start together
-        time.sleep(0.001)
+    start_together.wait(timeout=300)
     with sharing_folder(out, time.time()):
         run_jobs(jobs, _fake_cube_writer(log, delay), manifest=manifest)
 
@@ -422,15 +421,12 @@ def test_two_concurrent_runs_compute_every_image_once_and_keep_every_manifest_ro
 
     out, manifest, log = tmp_path / "out", tmp_path / "out" / "manifest.json", tmp_path / "computed.log"
     jobs = [Job(Path(f"photo{i}.png"), out / f"photo{i}.h5") for i in range(8)]
-    context = multiprocessing.get_context("fork")
-    start_at = time.time() + 0.5
-    runs = [context.Process(target=_one_of_two_runs, args=(jobs, out, manifest, log, start_at, 0.03))
-            for _ in range(2)]
-    for run in runs:
-        run.start()
-    for run in runs:
-        run.join(timeout=60)
-    assert [run.exitcode for run in runs] == [0, 0]
+    start_together = multiprocessing.get_context("spawn").Barrier(2)
+    with child_process(_one_of_two_runs, jobs, out, manifest, log, start_together, 0.03) as first, \
+            child_process(_one_of_two_runs, jobs, out, manifest, log, start_together, 0.03) as second:
+        for run in (first, second):
+            run.join(timeout=300)
+    assert [run.exitcode for run in (first, second)] == [0, 0]
     computed = [line.split() for line in log.read_text().splitlines()]
     assert sorted(source for _, source in computed) == sorted(str(job.source) for job in jobs)  # each once
     assert len({pid for pid, _ in computed}) == 2  # and the two runs shared the work
@@ -441,7 +437,7 @@ def test_two_concurrent_runs_compute_every_image_once_and_keep_every_manifest_ro
 
 
 def _killed_mid_batch(argv, stuck_on: str, ready: Path) -> None:
-    """The command in a forked process, which hangs after streaming the first rows of `stuck_on` into its
+    """The command in a child process, which hangs after streaming the first rows of `stuck_on` into its
     temporary file."""
     import uldm.io
 
@@ -451,30 +447,22 @@ def _killed_mid_batch(argv, stuck_on: str, ready: Path) -> None:
         real_write(self, *args, **kwargs)
         if self.path.stem == stuck_on:
             ready.touch()
-            time.sleep(60)
+            time.sleep(600)
 
     uldm.io.CubeWriter.write = write
     main(argv)
 
 
 def test_kill_9_mid_batch_keeps_a_row_per_finished_image_and_the_next_run_leaves_no_temporary_file(tmp_path, capsys):
-    import multiprocessing
-    import signal
-
     photos, out = tmp_path / "photos", tmp_path / "out"
     photos.mkdir()
     for name in "abcd":
         Image.fromarray(np.full((6, 8, 3), 40 * (ord(name) - 96), np.uint8)).save(photos / f"{name}.png")
     argv = ["reconstruct", str(photos), "-o", str(out), "--checkpoint", str(BASELINE)]
     ready = tmp_path / "stuck"
-    child = multiprocessing.get_context("fork").Process(target=_killed_mid_batch, args=(argv, "c", ready))
-    child.start()
-    deadline = time.monotonic() + 60
-    while not ready.exists() and child.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert ready.exists(), "the run never reached the third image"
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(timeout=30)
+    with child_process(_killed_mid_batch, argv, "c", ready) as child:  # killed with SIGKILL on the way out
+        reached = wait_for_file(ready, child)
+    assert reached, "the run never reached the third image"
 
     rows = json.loads((out / "manifest.json").read_text())["images"]
     finished = sorted(p.name for p in out.glob("[!.]*.h5"))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import REPO
+from conftest import REPO, child_process, wait_for_file
 from uldm.cli import main
 from uldm.io import (CubeFileError, CubeWriter, is_temporary_file, load_cube, load_cube_attrs, load_out_of_gamut,
                      mat_file_version, open_cube_writer, save_cube)
@@ -163,35 +163,29 @@ def test_in_memory_formats_are_built_below_the_limit_and_refused_above_it_before
 
 
 def _hangs_while_streaming(argv, ready: Path) -> None:
-    """The command in a forked process, which hangs after its writer was handed the first rows."""
+    """The command in a child process, which hangs after its writer was handed the first rows."""
     real_write = CubeWriter.write
 
     def write(self, *args, **kwargs):
         real_write(self, *args, **kwargs)
         ready.touch()
-        time.sleep(60)
+        time.sleep(600)
 
     CubeWriter.write = write
     main(argv)
 
 
 def test_a_kill_while_streaming_an_envi_cube_leaves_only_temporary_files_the_next_run_removes(rgb, tmp_path):
-    import multiprocessing
-
     from uldm.images import save_png16
 
     photo, out = save_png16(tmp_path / "scene.png", rgb), tmp_path / "out"
     argv = ["reconstruct", str(photo), "-o", str(out), "--checkpoint", str(BASELINE), "--output-format", "envi"]
     ready = tmp_path / "streaming"
-    child = multiprocessing.get_context("fork").Process(target=_hangs_while_streaming, args=(argv, ready))
-    child.start()
-    deadline = time.monotonic() + 60
-    while not ready.exists() and child.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert ready.exists(), "the run never streamed a band of rows"
-    time.sleep(0.2)  # the writer's thread writes the band meanwhile
-    os.kill(child.pid, signal.SIGKILL)
-    child.join(timeout=30)
+    with child_process(_hangs_while_streaming, argv, ready) as child:
+        streamed = wait_for_file(ready, child)
+        if streamed:
+            time.sleep(0.2)  # the writer's thread writes the band meanwhile
+    assert streamed, "the run never streamed a band of rows"
     left = sorted(p.name for p in out.iterdir() if not p.name.startswith(".") or p.name.endswith((".img", ".hdr")))
     assert left and all(is_temporary_file(out / name) for name in left)  # no header, no data file in place
     assert any(name.endswith(".tmp.img") for name in left)

@@ -737,14 +737,17 @@ class _EnviWriter(CubeWriter):
                 plane = planes[..., index]
                 if plane.any():
                     self._handles[name].seek((index * self.height + top) * self.width * plane.itemsize)
-                    self._handles[name].write(np.ascontiguousarray(plane, dtype=plane.dtype.newbyteorder("<")))
+                    little_endian = plane.dtype.newbyteorder("<")
+                    self._handles[name].write(np.ascontiguousarray(plane, dtype=little_endian))
 
     def _finish(self) -> None:
         self._release()
-        beside = "".join(f"; {name} in {header.name}" for name, (header, _) in self._headers.items() if name != "cube")
+        beside = "".join(f"; {name} in {header.name}" for name, (header, _) in self._headers.items()
+                         if name != "cube")
         for name, (header, tmp) in self._headers.items():
             meaning = f" ({_ENVI_MEANING[name]})" if name in _ENVI_MEANING else ""
-            what = f"uldm spectral cube{beside}" if name == "cube" else f"uldm {name} of the cube {self.path.name}{meaning}"
+            what = (f"uldm spectral cube{beside}" if name == "cube"
+                    else f"uldm {name} of the cube {self.path.name}{meaning}")
             text = _envi_header_text(_envi_description(what, self._provenance), self.width, self.height,
                                      self._bands[name], name in self._masks, self.wavelengths)
             with open(tmp, "w") as handle:
