@@ -1,15 +1,25 @@
 """Physical spectra (`uldm.feasibility`): exact in RGB and in [0, 1] where the RGB allows it, least RGB change and a
-flag where it does not; checked against an independent bounded least-squares solver (scipy's lsq_linear)."""
+flag where it does not; checked against an independent bounded least-squares solver (scipy's lsq_linear). Every
+test runs with both solves: the compiled CPU one (`uldm.feasibility_kernel`) and the batched torch one."""
 
 import numpy as np
 import pytest
 import torch
 from scipy.optimize import lsq_linear
 
-from uldm import CameraResponse
+from uldm import CameraResponse, feasibility, feasibility_kernel
 from uldm.feasibility import MAX_VALUE, FeasibleProjection, project_feasible
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+@pytest.fixture(autouse=True, params=["compiled", "torch"])
+def solve(request, monkeypatch):
+    """Which solve the test's projections use: the torch one where numba is taken away."""
+    if request.param == "torch":
+        monkeypatch.setattr(feasibility_kernel, "AVAILABLE", False)
+    monkeypatch.setattr(feasibility, "_PROJECTIONS", {})
+    return request.param
 
 CAMERA = CameraResponse.from_preset("nikon5100")
 PHI = CAMERA.matrix
@@ -70,6 +80,22 @@ def test_the_projection_is_the_closest_feasible_spectrum():
         reference = reference_projection(estimate[row], rgb[row], 1.0)
         assert np.linalg.norm(spectra[row] - estimate[row]) <= np.linalg.norm(reference - estimate[row]) + 1e-6
         np.testing.assert_allclose(spectra[row], reference, atol=1e-3)
+
+
+def test_the_compiled_and_the_torch_solves_agree(solve):
+    if solve == "torch":
+        pytest.skip("compares the two solves once")
+    truth = smooth_spectra(3000, seed=7)
+    rgb = truth @ PHI.T
+    rgb[:500] *= np.linspace(1.0, 3.0, 500)[:, None]  # beyond the white, up to outside the bound
+    rgb[500:600] = np.random.default_rng(8).random((100, 3))  # many out of the gamut
+    estimate = noisy_estimates(truth, seed=9)
+    compiled, torch_solve = FeasibleProjection(CAMERA), FeasibleProjection(CAMERA, compiled=False)
+    assert compiled.compiled and not torch_solve.compiled
+    (a, mask_a), (b, mask_b) = (p(torch.from_numpy(estimate), torch.from_numpy(rgb)) for p in (compiled, torch_solve))
+    assert mask_a.any() and torch.equal(mask_a, mask_b)
+    assert (a - b).abs().max() <= 1e-7
+    assert (a @ torch.tensor(PHI).T - torch.from_numpy(rgb))[~mask_a].abs().max() <= 1e-9
 
 
 def test_estimates_that_are_already_physical_are_returned_bit_for_bit():

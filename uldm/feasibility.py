@@ -23,7 +23,8 @@ overshoots a kink, the exact line search along it, find the root in a few iterat
 projection proper; a 1e-12 ridge keeps J invertible when few bands are free); out of gamut ε falls from 1e-4 to
 1e-8, each stage starting from the last (λ ~ RGB change / ε), towards the least-RGB-change limit. The start is
 the linear projection onto Φs = c, which is the answer wherever it lies in the box. Estimates already in [0, 1]
-and exact in RGB are left untouched; the rest is solved in float64.
+and exact in RGB are left untouched; the rest is solved in float64: on the CPU one pixel at a time by compiled code
+(`uldm.feasibility_kernel`, the same steps), on other devices batched in torch.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Iterator, Union
 import numpy as np
 import torch
 
+from . import feasibility_kernel
 from .camera import CameraResponse
 
 MAX_VALUE = 2.0  # the most a band may reach where the RGB needs more than 1: twice the camera's white
@@ -52,13 +54,17 @@ _MAX_ITERATIONS = 100
 class FeasibleProjection:
     """The projection onto F_u(c) for one camera (see the module docstring); `__call__` on tensors of any shape."""
 
-    def __init__(self, camera: Union[CameraResponse, np.ndarray], max_value: float = MAX_VALUE) -> None:
+    def __init__(self, camera: Union[CameraResponse, np.ndarray], max_value: float = MAX_VALUE,
+                 compiled: bool = True) -> None:
+        """`compiled`: on the CPU, solve with `uldm.feasibility_kernel` (the same algorithm, several times faster)
+        where numba is installed; else, and on other devices, the batched torch solve."""
         matrix = np.asarray(camera.matrix if isinstance(camera, CameraResponse) else camera, dtype=np.float64)
         if matrix.ndim != 2 or matrix.shape[0] != 3:
             raise ValueError(f"the camera response must be 3 x B, got shape {matrix.shape}")
         if not max_value >= 1:
             raise ValueError(f"max_value must be at least 1 (the camera's white), got {max_value}")
         self.max_value = float(max_value)
+        self.compiled = compiled and feasibility_kernel.AVAILABLE
         self.response = torch.from_numpy(matrix.copy())
         self.gram_inverse = torch.linalg.inv(self.response @ self.response.T)
         # J's six distinct entries are one matmul of the free-band indicator with these column products
@@ -112,6 +118,8 @@ class FeasibleProjection:
     def project_pixels_(self, spectra: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
         """Project P x B estimates against P x 3 RGB in place; returns the P out-of-gamut flags. Estimates already
         in [0, 1] that render to their RGB within `EXACT` stay exactly as they are."""
+        if self.compiled and spectra.device.type == "cpu" and spectra.dtype in (torch.float32, torch.float64):
+            return self._project_compiled_(spectra, rgb)
         response = self._constants(rgb.device)[0].to(spectra.dtype)
         residual = rgb.to(spectra.dtype) - spectra @ response.T
         inside = (spectra >= 0).all(dim=1) & (spectra <= 1).all(dim=1) & (residual.abs() <= EXACT).all(dim=1)
@@ -121,6 +129,26 @@ class FeasibleProjection:
             with one_cpu_thread(spectra.device):
                 solved, mask[todo] = self._solve(spectra[todo].double(), rgb[todo].double())
             spectra[todo] = solved.to(spectra.dtype)
+        return mask
+
+    def _project_compiled_(self, spectra: torch.Tensor, rgb: torch.Tensor) -> torch.Tensor:
+        """`project_pixels_` by the compiled CPU solve: the linear projection decides most pixels (one landing in
+        [0, 1] is the answer, and its colour is then within the camera's white, so no gauge is needed); the gauge
+        and the Newton solve only for the rest."""
+        response, gram_inverse = (x.numpy() for x in self._constants(rgb.device)[:2])
+        values, colours = spectra.numpy(), rgb.to(spectra.dtype).numpy()
+        pending = torch.from_numpy(feasibility_kernel.project_linear_(values, colours, response.T.copy(),
+                                                                      gram_inverse, EXACT))
+        mask = torch.zeros(len(spectra), dtype=torch.bool)
+        if len(pending):
+            gauge = self.gauge(rgb[pending])
+            out_of_gamut = gauge > self.max_value * (1 + _GAUGE_SLACK)
+            solved = feasibility_kernel.solve_pixels(
+                values[pending.numpy()].astype(np.float64), colours[pending.numpy()].astype(np.float64),
+                upper_bound(gauge, self.max_value).numpy(), out_of_gamut.numpy(), response.T.copy(), gram_inverse,
+                np.array(_CONTINUATION), _TOLERANCE, _RIDGE, _MAX_ITERATIONS)
+            spectra[pending] = torch.from_numpy(solved).to(spectra.dtype)
+            mask[pending] = out_of_gamut
         return mask
 
     def gauge(self, rgb: torch.Tensor) -> torch.Tensor:
