@@ -18,5 +18,6 @@ stamp=.venv/.uldm-install-stamp
 wanted=$(cat setup.cfg pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ] || ! python -c "import uldm" 2>/dev/null; then
     python -m pip install --quiet -e ".[dev]"
+    python -c "from uldm import feasibility_kernel; feasibility_kernel.warm_up()"  # compiled once, into numba's cache
     echo "$wanted" > "$stamp"
 fi

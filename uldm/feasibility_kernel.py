@@ -209,4 +209,16 @@ def solve_pixels(estimate, rgb, upper, out_of_gamut, response, gram_inverse, con
     return result
 
 
-__all__ = ["AVAILABLE", "project_linear_", "solve_pixels"]
+def warm_up() -> None:
+    """Compile the kernels for float32 and float64 estimates into numba's cache (scripts/setup.sh does, once per
+    install), so that a first reconstruction does not wait for the compiler."""
+    if not AVAILABLE:
+        return
+    response, gram_inverse = np.ones((31, 3)), np.eye(3)
+    for dtype in (np.float32, np.float64):
+        project_linear_(np.zeros((1, 31), dtype), np.zeros((1, 3), dtype), response, gram_inverse, 1e-6)
+    solve_pixels(np.zeros((1, 31)), np.zeros((1, 3)), np.ones(1), np.zeros(1, np.bool_), response, gram_inverse,
+                 np.array([1e-4, 1e-8]), 1e-11, 1e-12, 100)
+
+
+__all__ = ["AVAILABLE", "project_linear_", "solve_pixels", "warm_up"]
