@@ -340,20 +340,26 @@ def flops_table() -> str:
 
 
 def physical_spectra_table() -> str:
-    """docs/results.md: what share of a photo's pixels get unphysical spectra, raw and made physical, per model
-    and photo set (benchmarks/physical_spectra.py)."""
-    data = _json("physical_spectra.json")
+    """docs/results.md: what share of a photo's pixels get unphysical spectra, raw and made physical, per model,
+    photo set and size (benchmarks/physical_spectra.py: as they are, and with --max-side 256)."""
     rows = []
-    for model, sets in data["results"].items():
-        for name, row in sets.items():
-            if not isinstance(row, dict) or "raw" not in row:
-                continue
-            raw, physical = row["raw"], row["physical"]
-            rows.append([model, f"{name} ({row['images']})", f"{raw['negative']:.2f} % → {physical['negative']:.2f} %",
-                         f"{raw['above_one']:.2f} % → {physical['above_one']:.2f} %", f"{raw['min']:.3f}",
-                         f"{physical['out_of_gamut']:.2f} %", f"{physical['in_gamut_rgb_error']:.1e}",
-                         f"+{row['projection_overhead_percent']:.1f} %"])
-    return _rows(["model", "photos", "band < -0.01 (raw → physical)", "band > 1.01 (raw → physical)",
+    for file, size in (("physical_spectra.json", "as they are"), ("physical_spectra_256.json", "longer side 256")):
+        for model, sets in _json(file)["results"].items():
+            for name, row in sets.items():
+                if not isinstance(row, dict) or "raw" not in row:
+                    continue
+                raw, physical = row["raw"], row["physical"]
+                rows.append([model, f"{name} ({row['images']})", size,
+                             f"{raw['negative']:.2f} % → {physical['negative']:.2f} %",
+                             f"{raw['above_one']:.2f} % → {physical['above_one']:.2f} %", f"{raw['min']:.3f}",
+                             f"{physical['out_of_gamut']:.2f} %", f"{physical['in_gamut_rgb_error']:.1e}",
+                             f"+{row['projection_overhead_percent']:.1f} %"])
+    large = _json("physical_spectra.json").get("large")
+    if large:  # --large-megapixels: the ULDM's composition on one enlarged photo
+        height, width = large["size"]
+        rows.append(["ULDM", large["image"], f"{width} x {height}", "-", "-", "-", f"{large['out_of_gamut']:.2f} %",
+                     "-", f"+{large['projection_overhead_percent']:.1f} %"])
+    return _rows(["model", "photos", "size", "band < -0.01 (raw → physical)", "band > 1.01 (raw → physical)",
                   "most negative (raw)", "out of gamut (flagged)", "in-gamut RGB error", "projection's cost"], rows)
 
 

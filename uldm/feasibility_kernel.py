@@ -21,6 +21,7 @@ AVAILABLE = numba is not None
 
 
 def _jit(function):
+    """numba's compiled version of `function`, kept in its on-disk cache; without numba, `function` itself."""
     return numba.njit(cache=True, nogil=True, fastmath=False)(function) if AVAILABLE else function
 
 
