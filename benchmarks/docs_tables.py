@@ -425,14 +425,55 @@ def crossval_partial_table() -> str:
             ref = sum(base["per_scene"][name]["psnr"] for name in fold["per_scene"]) / len(fold["per_scene"])
             won = sum(row["psnr"] > base["per_scene"][name]["psnr"] for name, row in fold["per_scene"].items())
             rows.append([f"`{recipe}`", str(fold["fold"]), ", ".join(_scene(n) for n in fold["per_scene"]),
-                         f"{mean:.2f}", f"{ref:.2f}", f"{won} / {len(fold['per_scene'])}"])
-    return _rows(["recipe", "fold", "scenes", "PSNR (dB)", "regression (dB)", "scenes won"], rows)
+                         f"{mean:.2f}", f"{ref:.2f}", f"{won} / {len(fold['per_scene'])}",
+                         f"{fold['fit_seconds']:.0f} s"])
+    return _rows(["recipe", "fold", "scenes", "PSNR (dB)", "regression (dB)", "scenes won", "fit"], rows)
+
+
+def crossval_uncertainty_table() -> str:
+    """docs/results.md: how well a pipeline's ensemble spread predicts its error, per pixel, on the scenes its
+    folds never saw (crossval.py --uncertainty E)."""
+    rows = []
+    for summary in _crossval_runs():
+        found = summary.get("uncertainty")
+        if found is None:
+            continue
+        missing = ", ".join(str(fold) for fold in found.get("missing_folds", [])) or "none"
+        rows.append([f"`{summary['recipe']}`", str(found["ensemble_size"]),
+                     str(found.get("scenes", len(found["spearman_per_scene"]))), missing,
+                     f"{found['mean_spearman']:.3f}", f"{min(found['spearman_per_scene'].values()):.3f}",
+                     f"{found['pooled_spearman']:.3f}"])
+    if not rows:
+        return "(no recipe measured yet: `python benchmarks/crossval.py --recipe NAME --uncertainty E`)"
+    return _rows(["recipe", "ensemble", "scenes", "folds left out", "Spearman, mean over scenes", "lowest scene",
+                  "Spearman, pooled pixels"], rows)
+
+
+def crossval_physical_table() -> str:
+    """docs/results.md: the physical spectra (the default output) against the model's raw estimate, paired per
+    scene, for every recipe's folds scored both ways so far (crossval.py's `per_scene` and `per_scene_raw`)."""
+    paired_psnr = runpy.run_path(str(REPO / "benchmarks" / "crossval.py"))["paired_psnr"]
+    rows = []
+    for folder in sorted(p for p in (RESULTS / "crossval").iterdir() if p.is_dir()):
+        folds = [json.loads(path.read_text()) for path in sorted(folder.glob("fold*.json"))]
+        physical = {name: row for fold in folds if "per_scene_raw" in fold for name, row in fold["per_scene"].items()}
+        raw = {name: row for fold in folds if "per_scene_raw" in fold for name, row in fold["per_scene_raw"].items()}
+        if not physical:
+            continue
+        versus = paired_psnr(physical, raw, "scenes_better")
+        rows.append([f"`{folder.name}`", str(len(physical)), f"{versus['mean_psnr_difference']:+.4f}",
+                     str(versus["scenes_better"]), str(versus["scenes_worse"]),
+                     f"{versus['worst_psnr_difference']:+.4f}"])
+    return _rows(["recipe", "scenes scored both ways", "mean Δ PSNR, physical − raw (dB)", "scenes better",
+                  "scenes worse", "worst scene Δ (dB)"], rows)
 
 
 TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
     "crossval-partial": (REPO / "docs" / "results.md", crossval_partial_table),
     "crossval": (REPO / "docs" / "results.md", crossval_table),
     "crossval-scenes": (REPO / "docs" / "results.md", crossval_scenes_table),
+    "crossval-physical": (REPO / "docs" / "results.md", crossval_physical_table),
+    "crossval-uncertainty": (REPO / "docs" / "results.md", crossval_uncertainty_table),
     "crossval-summary": (REPO / "README.md", crossval_table),
     "physical-spectra": (REPO / "docs" / "results.md", physical_spectra_table),
     "results": (REPO / "docs" / "results.md", results_table),

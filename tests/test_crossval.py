@@ -58,3 +58,38 @@ def test_a_fold_is_scored_physical_and_raw_then_kept_and_rebuilt_from_its_record
     assert again["record"]["gate_from_record"] and again["record"]["gate"] == first["record"]["gate"]
     for scene, row in first["per_scene"].items():
         np.testing.assert_allclose(again["per_scene"][scene]["psnr"], row["psnr"], rtol=1e-6)
+
+
+def test_the_uncertainty_scores_spread_against_error_and_names_the_folds_it_could_not_load(load_benchmark,
+                                                                                            tiny_cave_root,
+                                                                                            monkeypatch):
+    """A fake pipeline recipe whose spread is its very error (Spearman 1) and whose fold 1 is gone."""
+    crossval = load_benchmark("crossval")
+    from uldm.data import list_scenes, read_scene
+
+    scenes = list_scenes(tiny_cave_root, "cave")
+    camera = crossval.CameraResponse.from_preset("nikon5100")
+    cubes = {}
+    for path in scenes:
+        cube = read_scene(path, format="cave", grid=camera.grid).cube
+        cubes[np.asarray(camera.render(cube)).tobytes()] = cube
+
+    class SpreadIsTheError:
+        ensemble = 1
+
+        def predict(self, rgb):
+            cube = cubes[np.asarray(rgb).tobytes()]
+            mean = cube * (1 + np.random.default_rng(0).normal(0, 0.3, cube.shape[:2] + (1,)))
+            return mean, np.repeat(np.sqrt(((mean - cube) ** 2).mean(-1, keepdims=True)), cube.shape[-1], -1)
+
+    def fit(train, camera, fold, kept=None, *, recipe, train_missing):
+        if fold == 1:
+            raise FileNotFoundError(f"fold {fold}'s pipeline is gone")
+        return SpreadIsTheError(), {}
+
+    monkeypatch.setitem(crossval.RECIPES, "spread-is-the-error", fit)
+    monkeypatch.setattr(crossval, "fold_scenes", lambda root, fold: (scenes, [scenes[fold % len(scenes)]]))
+    result = crossval.uncertainty_calibration("spread-is-the-error", tiny_cave_root, camera, 4)
+    assert result["missing_folds"] == [1] and result["ensemble_size"] == 4
+    assert result["scenes"] == len(result["spearman_per_scene"]) == len(scenes)  # folds 0, 2, 3, 4 of three scenes
+    assert result["mean_spearman"] == pytest.approx(1.0) and result["pooled_spearman"] == pytest.approx(1.0)
