@@ -227,6 +227,20 @@ DESCRIPTIONS = {
 }
 
 
+# the paired comparisons the docs show, each shown once both recipes have every fold: (recipe, the recipe it is
+# compared with, what their difference measures)
+COMPARISONS = (
+    ("scene-mixture-sharp", "scene-mixture-nocontext-sharp", "the scene mixture's context path (unpenalised gate)"),
+    ("scene-mixture", "scene-mixture-nocontext", "the scene mixture's context path (penalised gate)"),
+    ("uldm-scene-mixture", "uldm-b", "the scene mixture as the ULDM's code prior, in place of the regression"),
+    ("uldm-scene-mixture", "uldm-c", "the new design against the current recipe (arm c)"),
+    ("uldm-scene-mixture", "uldm-scene-mixture-prior-only", "the diffusion's share, over the scene mixture prior"),
+    ("uldm-b", "uldm-b-prior-only", "the diffusion's share, over the regression prior"),
+    ("uldm-scene-mixture", "mstpp", "the new design against MST++"),
+    ("uldm-scene-mixture", "r2hdiff", "the new design against R2H-Diff"),
+)
+
+
 # ---------------------------------------------------------------------------------------------- running
 def run_fold(recipe: str, fold: int, root: Path, camera: CameraResponse, train_missing: bool,
              kept: Optional[dict] = None) -> dict:

@@ -449,6 +449,22 @@ def crossval_uncertainty_table() -> str:
                   "Spearman, pooled pixels"], rows)
 
 
+def crossval_comparisons_table() -> str:
+    """docs/results.md and README: the paired comparisons of crossval.COMPARISONS whose two recipes are complete,
+    scene by scene over the 25 scenes (physical spectra, the default output)."""
+    crossval = runpy.run_path(str(REPO / "benchmarks" / "crossval.py"))
+    runs = {run["recipe"]: run for run in _crossval_runs()}
+    rows = []
+    for recipe, other, meaning in crossval["COMPARISONS"]:
+        if recipe in runs and other in runs:
+            versus = crossval["paired_psnr"](runs[recipe]["per_scene"], runs[other]["per_scene"], "scenes_won")
+            rows.append([f"`{recipe}` − `{other}`", meaning, f"{versus['mean_psnr_difference']:+.2f}",
+                         f"{versus['scenes_won']} / {len(versus['psnr_difference_per_scene'])}",
+                         f"{versus['worst_psnr_difference']:+.2f}"])
+    return _rows(["pair", "what the difference measures", "mean Δ PSNR (dB)", "scenes won", "worst scene Δ (dB)"],
+                 rows)
+
+
 def crossval_physical_table() -> str:
     """docs/results.md: the physical spectra (the default output) against the model's raw estimate, paired per
     scene, for every recipe's folds scored both ways so far (crossval.py's `per_scene` and `per_scene_raw`)."""
@@ -473,6 +489,7 @@ TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
     "crossval": (REPO / "docs" / "results.md", crossval_table),
     "crossval-scenes": (REPO / "docs" / "results.md", crossval_scenes_table),
     "crossval-physical": (REPO / "docs" / "results.md", crossval_physical_table),
+    "crossval-comparisons": (REPO / "docs" / "results.md", crossval_comparisons_table),
     "crossval-uncertainty": (REPO / "docs" / "results.md", crossval_uncertainty_table),
     "crossval-summary": (REPO / "README.md", crossval_table),
     "physical-spectra": (REPO / "docs" / "results.md", physical_spectra_table),
