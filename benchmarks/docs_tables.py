@@ -227,7 +227,8 @@ def training_table() -> str:
 
 
 LARGE_IMAGES = (("large_images_baseline.json", "root-polynomial baseline"),
-                ("large_images_uldm.json", "ULDM `checkpoints/uldm-cave` (diffusion at 512, the rest at full size)"))
+                ("large_images_uldm.json", "ULDM `checkpoints/uldm-cave` (diffusion at 512, the rest at full size)"),
+                ("large_images_uldm_alone.json", "ULDM, the other jobs paused (diffusion at 512, the rest at full size)"))
 
 
 def large_images_table() -> str:
@@ -235,6 +236,8 @@ def large_images_table() -> str:
     machine when each run began, then where the time of one run goes, the models side by side (large_images.py)."""
     rows, profiles = [], {}
     for name, label in LARGE_IMAGES:
+        if not (RESULTS / name).exists():
+            continue
         data = _json(name)
         for row in data["rows"]:
             rows.append([label, f"{row['width']} x {row['height']}", f"{row['megapixels']:.1f}",
