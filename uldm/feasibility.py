@@ -136,7 +136,7 @@ class FeasibleProjection:
         [0, 1] is the answer, and its colour is then within the camera's white, so no gauge is needed); the gauge
         and the Newton solve only for the rest."""
         response, gram_inverse = (x.numpy() for x in self._constants(rgb.device)[:2])
-        values, colours = spectra.numpy(), rgb.to(spectra.dtype).numpy()
+        values, colours = spectra.detach().numpy(), rgb.detach().to(spectra.dtype).numpy()  # written in place
         pending = torch.from_numpy(feasibility_kernel.project_linear_(values, colours, response.T.copy(),
                                                                       gram_inverse, EXACT))
         mask = torch.zeros(len(spectra), dtype=torch.bool)
