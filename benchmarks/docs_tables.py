@@ -10,6 +10,7 @@ JSON file(s) and which function make it. A table whose JSON is missing is left a
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import re
 import runpy
@@ -345,9 +346,9 @@ def flops_table() -> str:
 def physical_spectra_table() -> str:
     """docs/results.md: what share of a photo's pixels get unphysical spectra, raw and made physical, per model,
     photo set and size (benchmarks/physical_spectra.py: as they are, and with --max-side 256)."""
-    rows = []
-    for file, size in (("physical_spectra.json", "as they are"), ("physical_spectra_256.json", "longer side 256")):
-        for model, sets in _json(file)["results"].items():
+    rows, full_size = [], _json("physical_spectra.json")
+    for data, size in ((full_size, "as they are"), (_json("physical_spectra_256.json"), "longer side 256")):
+        for model, sets in data["results"].items():
             for name, row in sets.items():
                 if not isinstance(row, dict) or "raw" not in row:
                     continue
@@ -357,7 +358,7 @@ def physical_spectra_table() -> str:
                              f"{raw['above_one']:.2f} % → {physical['above_one']:.2f} %", f"{raw['min']:.3f}",
                              f"{physical['out_of_gamut']:.2f} %", f"{physical['in_gamut_rgb_error']:.1e}",
                              f"+{row['projection_overhead_percent']:.1f} %"])
-    large = _json("physical_spectra.json").get("large")
+    large = full_size.get("large")
     if large:  # --large-megapixels: the ULDM's composition on one enlarged photo
         height, width = large["size"]
         rows.append(["ULDM", large["image"], f"{width} x {height}", "-", "-", "-", f"{large['out_of_gamut']:.2f} %",
@@ -455,10 +456,16 @@ def crossval_uncertainty_table() -> str:
                   "Spearman, pooled pixels"], rows)
 
 
+@functools.lru_cache(maxsize=None)
+def _crossval_module() -> dict[str, Any]:
+    """benchmarks/crossval.py's names (COMPARISONS, paired_psnr), run once: it imports torch and uldm."""
+    return runpy.run_path(str(REPO / "benchmarks" / "crossval.py"))
+
+
 def crossval_comparisons_table() -> str:
     """docs/results.md and README: the paired comparisons of crossval.COMPARISONS whose two recipes are complete,
     scene by scene over the 25 scenes (physical spectra, the default output)."""
-    crossval = runpy.run_path(str(REPO / "benchmarks" / "crossval.py"))
+    crossval = _crossval_module()
     runs = {run["recipe"]: run for run in _crossval_runs()}
     rows = []
     for recipe, other, meaning in crossval["COMPARISONS"]:
@@ -474,7 +481,7 @@ def crossval_comparisons_table() -> str:
 def crossval_physical_table() -> str:
     """docs/results.md: the physical spectra (the default output) against the model's raw estimate, paired per
     scene, for every recipe's folds scored both ways so far (crossval.py's `per_scene` and `per_scene_raw`)."""
-    paired_psnr = runpy.run_path(str(REPO / "benchmarks" / "crossval.py"))["paired_psnr"]
+    paired_psnr = _crossval_module()["paired_psnr"]
     rows = []
     for folder in sorted(p for p in (RESULTS / "crossval").iterdir() if p.is_dir()):
         folds = [json.loads(path.read_text()) for path in sorted(folder.glob("fold*.json"))]

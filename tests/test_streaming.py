@@ -5,8 +5,6 @@ itself is measured by benchmarks/large_images.py, not here."""
 from __future__ import annotations
 
 import functools
-import os
-import signal
 import time
 from pathlib import Path
 

@@ -66,6 +66,7 @@ class FeasibleProjection:
         self.max_value = float(max_value)
         self.compiled = compiled and feasibility_kernel.AVAILABLE
         self.response = torch.from_numpy(matrix.copy())
+        self.response_columns = np.ascontiguousarray(matrix.T)  # B x 3, the layout the compiled solve reads
         self.gram_inverse = torch.linalg.inv(self.response @ self.response.T)
         # J's six distinct entries are one matmul of the free-band indicator with these column products
         self.pair_products = torch.stack([self.response[i] * self.response[j]
@@ -135,20 +136,20 @@ class FeasibleProjection:
         """`project_pixels_` by the compiled CPU solve: the linear projection decides most pixels (one landing in
         [0, 1] is the answer, and its colour is then within the camera's white, so no gauge is needed); the gauge
         and the Newton solve only for the rest."""
-        response, gram_inverse = (x.numpy() for x in self._constants(rgb.device)[:2])
+        response, gram_inverse = self.response_columns, self.gram_inverse.numpy()
         values, colours = spectra.detach().numpy(), rgb.detach().to(spectra.dtype).numpy()  # written in place
-        pending = torch.from_numpy(feasibility_kernel.project_linear_(values, colours, response.T.copy(),
-                                                                      gram_inverse, EXACT))
+        pending = feasibility_kernel.project_linear_(values, colours, response, gram_inverse, EXACT)
         mask = torch.zeros(len(spectra), dtype=torch.bool)
         if len(pending):
-            gauge = self.gauge(rgb[pending])
+            rows = torch.from_numpy(pending)
+            gauge = self.gauge(rgb[rows])
             out_of_gamut = gauge > self.max_value * (1 + _GAUGE_SLACK)
             solved = feasibility_kernel.solve_pixels(
-                values[pending.numpy()].astype(np.float64), colours[pending.numpy()].astype(np.float64),
-                upper_bound(gauge, self.max_value).numpy(), out_of_gamut.numpy(), response.T.copy(), gram_inverse,
+                values[pending].astype(np.float64), colours[pending].astype(np.float64),
+                upper_bound(gauge, self.max_value).numpy(), out_of_gamut.numpy(), response, gram_inverse,
                 np.array(_CONTINUATION), _TOLERANCE, _RIDGE, _MAX_ITERATIONS)
-            spectra[pending] = torch.from_numpy(solved).to(spectra.dtype)
-            mask[pending] = out_of_gamut
+            spectra[rows] = torch.from_numpy(solved).to(spectra.dtype)
+            mask[rows] = out_of_gamut
         return mask
 
     def gauge(self, rgb: torch.Tensor) -> torch.Tensor:
