@@ -169,13 +169,55 @@ def prior_alone(pipeline_recipe: str) -> Callable:
 # stage 2 (the fold's SpeUAE and SpaAE adaptation).
 ULDM_FOLD = ("bash scripts/train_uldm_cave.sh --arm {arm} --split cv{{fold}} --recipe crossval --runs {{root}}/uldm "
              "--pretrained-runs {{root}}/shared")
-ULDM_PIPELINE = "{{root}}/uldm/cave-cv{{fold}}/{arm}-seed0{suffix}/pipeline"
+ULDM_PIPELINE = "{{root}}/uldm/cave-cv{{fold}}/{arm}-seed{seed}{suffix}/pipeline"
 
 
-def uldm_recipe(arm: str, code_prior: str = "") -> Callable:
+def uldm_recipe(arm: str, code_prior: str = "", seed: int = 0, inner: bool = False) -> Callable:
+    """The ULDM of `arm` per fold (stage 2 seeded with `seed`); `inner`: trained on the fold's inner split instead
+    (15 of its training scenes, stages/configs/splits/cv5_fold{k}_inner_*.txt), for checks that must not see 5 of them."""
     suffix = f"-{code_prior}" if code_prior else ""
-    command = ULDM_FOLD.format(arm=arm) + (f" --code-prior {code_prior}" if code_prior else "")
-    return trained_pipeline(command, ULDM_PIPELINE.format(arm=arm, suffix=suffix))
+    command = ULDM_FOLD.format(arm=arm) + (f" --code-prior {code_prior}" if code_prior else "") + f" --seed {seed}"
+    pipeline = ULDM_PIPELINE.format(arm=arm, seed=seed, suffix=suffix)
+    if inner:
+        command, pipeline = (text.replace("cv{fold}", "cv{fold}i") for text in (command, pipeline))
+    return trained_pipeline(command, pipeline)
+
+
+RESIDUAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+def inner_scenes(train: list[Path], fold: int) -> list[Path]:
+    """The 5 training scenes of `fold` that its inner models never see."""
+    return select_scenes(train, read_split_file(SPLITS / f"cv5_fold{fold}_inner_val.txt"))
+
+
+def weighted_residual(pipeline_recipe: str, inner_recipe: str, weights: Sequence[float] = RESIDUAL_WEIGHTS) -> Callable:
+    """A recipe that weights the generated residual of `pipeline_recipe`'s fold pipeline (`code_residual_weight`:
+    0 the prior alone, 1 as trained) by what transfers to scenes a model has not seen: the same recipe trained on the
+    fold's inner split (`inner_recipe`) scores its 5 held-out training scenes at each weight, and the best mean PSNR
+    (physical spectra; ties to the smaller weight) sets the weight. Nothing of the fold's val scenes is seen."""
+    def fit(train: list[Path], camera: CameraResponse, fold: int, kept: Optional[dict] = None, *, recipe: str,
+            train_missing: bool) -> tuple[Callable, dict]:
+        if kept is not None and "inner_psnr" in kept:
+            inner, inner_budgets = kept["inner_psnr"], kept.get("inner_budgets", {})
+        else:
+            held_out = inner_scenes(train, fold)
+            model, inner_record = RECIPES[inner_recipe](train, camera, fold, recipe=inner_recipe,
+                                                        train_missing=train_missing)
+            inner, inner_budgets = {}, inner_record.get("budgets", {})
+            for weight in weights:
+                model.pipeline.register_to_config(code_residual_weight=weight)
+                scores = evaluate(model, held_out, camera, format="cave", progress=False).per_scene
+                inner[f"{weight:g}"] = float(np.mean([row["psnr"] for row in scores.values()]))
+        weight = float(max(inner, key=lambda w: (round(inner[w], 6), -float(w))))
+        model, record = RECIPES[pipeline_recipe](train, camera, fold, recipe=pipeline_recipe, train_missing=train_missing)
+        model.pipeline.register_to_config(code_residual_weight=weight)
+        budgets = {**record.get("budgets", {}), **inner_budgets}  # the fold's training and its inner models'
+        return model, {**record, "budgets": budgets, "inner_budgets": inner_budgets, "inner_psnr": inner,
+                       "code_residual_weight": weight}
+
+    fit.trained = True
+    return fit
 
 
 # a peer trained from scratch on the fold's training scenes with its shipped config, at fewer steps
@@ -193,6 +235,9 @@ RECIPES: dict[str, Callable] = {
     "uldm-c": uldm_recipe("c"),
     "uldm-b": uldm_recipe("b"),
     "uldm-scene-mixture": uldm_recipe("b", "scene_mixture"),
+    "uldm-scene-mixture-seed1": uldm_recipe("b", "scene_mixture", seed=1),
+    "uldm-scene-mixture-inner": uldm_recipe("b", "scene_mixture", inner=True),
+    "uldm-scene-mixture-weighted": weighted_residual("uldm-scene-mixture", "uldm-scene-mixture-inner"),
     "mstpp": trained_pipeline(PEER_FOLD.format(peer="mstpp"), "{root}/mstpp/cv{fold}/pipeline"),
     "r2hdiff": trained_pipeline(PEER_FOLD.format(peer="r2hdiff"), "{root}/r2hdiff/cv{fold}/pipeline"),
     "uldm-c-prior-only": prior_alone("uldm-c"),
@@ -219,6 +264,11 @@ DESCRIPTIONS = {
                           "start as uldm-b per fold; stage 2 at the same recipe, each training patch's own scene left "
                           "out of the bank)",
     "uldm-b-prior-only": "uldm-b's code prior (the regression) alone, through its fold's SpeUAE: no generated residual",
+    "uldm-scene-mixture-seed1": "uldm-scene-mixture with stage 2 seeded 1 instead of 0 (the same stages before it): "
+                                "the seed spread",
+    "uldm-scene-mixture-weighted": "uldm-scene-mixture's fold pipelines with the generated residual weighted "
+                                   "(0, 0.25, ..., 1) by an inner check: the same recipe trained on 15 of the fold's "
+                                   "training scenes, scored on the other 5",
     "mstpp": "MST++ from scratch per fold (stages/configs/mstpp_cave.yaml at 500 steps)",
     "r2hdiff": "R2H-Diff from scratch per fold (stages/configs/r2hdiff_cave.yaml at 500 steps)",
     "uldm-c-prior-only": "uldm-c's code prior (the regression) alone, through its fold's SpeUAE: no generated residual",
@@ -236,6 +286,9 @@ COMPARISONS = (
     ("uldm-scene-mixture", "uldm-c", "the new design against the current recipe (arm c)"),
     ("uldm-scene-mixture", "uldm-scene-mixture-prior-only", "the diffusion's share, over the scene mixture prior"),
     ("uldm-b", "uldm-b-prior-only", "the diffusion's share, over the regression prior"),
+    ("uldm-scene-mixture-seed1", "uldm-scene-mixture", "stage 2's seed (1 against 0): the seed spread"),
+    ("uldm-scene-mixture-weighted", "uldm-scene-mixture", "the residual weighted by the inner check, against as trained"),
+    ("uldm-scene-mixture-weighted", "uldm-scene-mixture-prior-only", "the weighted residual against the prior alone"),
     ("uldm-scene-mixture", "mstpp", "the new design against MST++"),
     ("uldm-scene-mixture", "r2hdiff", "the new design against R2H-Diff"),
 )

@@ -369,8 +369,10 @@ def physical_spectra_table() -> str:
 
 CROSSVAL_ORDER = ("regression", "scene-mixture-nocontext-sharp", "scene-mixture-sharp", "scene-mixture-nocontext",
                   "scene-mixture", "uldm-c-prior-only", "uldm-c", "uldm-b-prior-only", "uldm-b",
-                  "uldm-scene-mixture-prior-only", "uldm-scene-mixture",
-                  "mstpp", "r2hdiff")
+                  "uldm-scene-mixture-prior-only", "uldm-scene-mixture", "uldm-scene-mixture-seed1",
+                  "uldm-scene-mixture-weighted", "mstpp", "r2hdiff")
+# rows that only split or repeat another recipe's score (its prior alone, another seed): docs/results.md only
+DIAGNOSTIC_SUFFIXES = ("-prior-only", "-seed1")
 
 
 def _crossval_runs() -> list[dict[str, Any]]:
@@ -394,10 +396,10 @@ def _fit_cell(summary: dict[str, Any]) -> str:
 
 def crossval_table(diagnostics: bool = True) -> str:
     """docs/results.md: every recipe of the leave-scenes-out cross-validation (crossval.py); README and card
-    (`diagnostics=False`): without the code-prior-alone rows, which only split a ULDM's score."""
+    (`diagnostics=False`): without the rows that only split or repeat a ULDM's score (DIAGNOSTIC_SUFFIXES)."""
     rows = []
     for summary in _crossval_runs():
-        if not diagnostics and summary["recipe"].endswith("-prior-only"):
+        if not diagnostics and summary["recipe"].endswith(DIAGNOSTIC_SUFFIXES):
             continue
         mean, versus = summary["mean"], summary.get("vs_regression")
         rows.append([f"`{summary['recipe']}`: {summary['description']}", f"{mean['psnr']:.2f}", f"{mean['sam']:.2f}",

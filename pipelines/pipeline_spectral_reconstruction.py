@@ -13,7 +13,9 @@ code + RGB into spectra Φ⁺c + N û, which re-render to the input RGB exactly 
 By default (`physical=True`) they are then projected onto the spectra that are non-negative and at most 1 where
 the RGB allows it (`uldm.feasibility`); `out.out_of_gamut` flags the pixels whose RGB no such spectrum renders to.
 With a `code_prior` (optional component), the latent is that of the code's residual from the prior's code
-(scaled by `code_residual_scale`), and the pipeline adds the prior's code back before SpeUAE decodes.
+(scaled by `code_residual_scale`), and the pipeline adds the prior's code back before SpeUAE decodes, the residual
+weighted by `code_residual_weight` (1: as trained; less shrinks it toward the prior, where a held-out check says the
+generated residual transfers poorly to new scenes).
 """
 
 from __future__ import annotations
@@ -92,10 +94,13 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         default_ensemble_size: int = 1,
         code_residual_scale: float = 1.0,
         rgb_encoding: str = "linear",
+        code_residual_weight: float = 1.0,
     ) -> None:
         super().__init__()
         if code_residual_scale <= 0:
             raise ValueError(f"code_residual_scale must be > 0, got {code_residual_scale}")
+        if not 0 <= code_residual_weight <= 1:
+            raise ValueError(f"code_residual_weight must lie in [0, 1], got {code_residual_weight}")
         if rgb_encoding not in spaae.RGB_ENCODINGS:
             raise ValueError(f"rgb_encoding must be one of {spaae.RGB_ENCODINGS}, got {rgb_encoding!r}")
         self.register_modules(unet=unet, vae=vae, scheduler=scheduler, speuae=speuae,
@@ -103,12 +108,14 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
         self.register_to_config(default_denoising_steps=default_denoising_steps,
                                 default_processing_resolution=default_processing_resolution,
                                 default_ensemble_size=default_ensemble_size,
-                                code_residual_scale=code_residual_scale, rgb_encoding=rgb_encoding)
+                                code_residual_scale=code_residual_scale, rgb_encoding=rgb_encoding,
+                                code_residual_weight=code_residual_weight)
 
     def model_card_training(self) -> str:
         kind = "scene mixture" if isinstance(self.code_prior, SceneMixturePrior) else "root-polynomial"
         prior = ("" if self.code_prior is None
-                 else f"; code prior: {kind}, residual x{self.config.code_residual_scale:g}")
+                 else f"; code prior: {kind}, residual x{self.config.code_residual_scale:g}"
+                      f", weight {self.config.code_residual_weight:g}")
         return f"SpeUAE camera {self.camera.name}; UNet {self.unet.config.block_out_channels}{prior}"
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -138,14 +145,14 @@ class SpectralReconstructionPipeline(SpectralPipelineMixin, DiffusionPipeline):
 
     def add_prior(self, decoded: torch.Tensor, rgb: torch.Tensor, context: Optional[dict] = None,
                   rows: Optional[tuple[int, int]] = None) -> torch.Tensor:
-        """VAE images -> codes: unchanged without a prior, else prior code + residual / scale (the members of an
-        ensemble share their image's prior code). `rgb` is the rows `rows` of the image whose `context` the prior
+        """VAE images -> codes: unchanged without a prior, else prior code + weight x residual / scale (the members
+        of an ensemble share their image's prior code). `rgb` is the rows `rows` of the image whose `context` the prior
         read (`code_prior.image_context`), or the whole image."""
         if self.code_prior is None:
             return decoded
         prior = prior_code(self.code_prior, self.speuae, rgb, context, rows)
         prior = prior.repeat_interleave(len(decoded) // len(prior), dim=0)
-        return residual_to_code(decoded, prior, self.config.code_residual_scale)
+        return residual_to_code(decoded, prior, self.config.code_residual_scale, self.config.code_residual_weight)
 
     # ---------------------------------------------------------------------------------------------- call
     @torch.no_grad()

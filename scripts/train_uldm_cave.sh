@@ -17,6 +17,7 @@
 #   bash scripts/train_uldm_cave.sh --ship                    # ... then install it as checkpoints/uldm-cave
 #   bash scripts/train_uldm_cave.sh --split cv3 --recipe crossval --runs runs/crossval/uldm-c
 #                                     # fold 3 of the cross-validation (benchmarks/crossval.py), at its cheaper recipe
+#                                     # (--split cv3i: fold 3's inner split, 15 of its training scenes)
 #   bash scripts/train_uldm_cave.sh --camera srgb --ship      # the model for sRGB photos -> checkpoints/uldm-srgb
 # --camera NAME (a preset of `uldm info`, default nikon5100): every CAVE stage (SpeUAE, SpaAE adaptation, stage 2)
 # renders its RGB with that camera (`--set camera=NAME`), in runs/cave-<split>-<NAME> (nikon5100: runs/cave-<split>);
@@ -52,7 +53,9 @@ case "$SPLIT" in
     std) TRAIN=train VAL=val ;;
     b) TRAIN=stages/configs/splits/cave_b_train.txt VAL=stages/configs/splits/cave_b_val.txt ;;
     cv[0-4]) TRAIN=stages/configs/splits/cv5_fold${SPLIT#cv}_train.txt VAL=stages/configs/splits/cv5_fold${SPLIT#cv}_val.txt ;;
-    *) echo "--split must be std, b or cv0 ... cv4" >&2; exit 2 ;;
+    cv[0-4]i) FOLD=${SPLIT#cv}; FOLD=${FOLD%i}  # the fold's inner split: 15 of its training scenes, 5 held out
+              TRAIN=stages/configs/splits/cv5_fold${FOLD}_inner_train.txt VAL=stages/configs/splits/cv5_fold${FOLD}_inner_val.txt ;;
+    *) echo "--split must be std, b, cv0 ... cv4 or cv0i ... cv4i" >&2; exit 2 ;;
 esac
 case "$RECIPE" in
     full) SPEUAE_STEPS=() PRETRAIN_STEPS=() SPAAE_STEPS=() STAGE2_STEPS=() ;;

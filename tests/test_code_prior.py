@@ -96,6 +96,29 @@ def test_a_huge_residual_scale_leaves_the_prior_alone(tiny_pipeline, regression,
     np.testing.assert_allclose(out.spectra[0], expected.numpy(), atol=1e-4)
 
 
+def test_the_residual_weight_shrinks_the_generated_residual_toward_the_prior_and_is_saved(tiny_pipeline, regression,
+                                                                                         rgb, tmp_path):
+    """code = prior + weight x residual / scale: 1 is the code as trained, 0 the prior's code alone, 0.5 halfway;
+    the weight is part of the config (saved, loaded) and one outside [0, 1] is refused."""
+    pipe = with_prior(tiny_pipeline, regression, scale=3.0)
+    trained = run(pipe, rgb)
+    with torch.no_grad():
+        alone = prior_code(pipe.code_prior, pipe.speuae, as_batch(rgb))[0].permute(1, 2, 0).numpy()
+    pipe.register_to_config(code_residual_weight=0.0)
+    np.testing.assert_allclose(run(pipe, rgb).code[0], alone, atol=1e-6)
+    pipe.register_to_config(code_residual_weight=0.5)
+    half = run(pipe, rgb)
+    unclipped = np.abs(trained.code[0]) < 0.99
+    np.testing.assert_allclose(half.code[0][unclipped], ((alone + trained.code[0]) / 2)[unclipped], atol=1e-5)
+    assert half.rgb_error[0] < 1e-5
+    pipe.save_pretrained(tmp_path / "weighted")
+    loaded = SpectralReconstructionPipeline.from_pretrained(tmp_path / "weighted")
+    assert loaded.config.code_residual_weight == 0.5
+    np.testing.assert_array_equal(run(loaded, rgb).spectra, half.spectra)
+    with pytest.raises(ValueError, match="code_residual_weight"):
+        SpectralReconstructionPipeline(**pipe.components, code_residual_scale=3.0, code_residual_weight=1.5)
+
+
 def test_pipeline_with_a_prior_saves_and_loads_and_old_folders_load_without_one(tiny_pipeline, regression, rgb, tmp_path):
     pipe = with_prior(tiny_pipeline, regression, scale=3.0)
     pipe.save_pretrained(tmp_path / "with")

@@ -93,3 +93,58 @@ def test_the_uncertainty_scores_spread_against_error_and_names_the_folds_it_coul
     assert result["missing_folds"] == [1] and result["ensemble_size"] == 4
     assert result["scenes"] == len(result["spearman_per_scene"]) == len(scenes)  # folds 0, 2, 3, 4 of three scenes
     assert result["mean_spearman"] == pytest.approx(1.0) and result["pooled_spearman"] == pytest.approx(1.0)
+
+
+def test_each_folds_inner_split_holds_out_5_of_its_training_scenes():
+    from uldm.data.splits import read_split_file
+
+    for k in range(5):
+        train = set(read_split_file(SPLITS / f"cv5_fold{k}_train.txt"))
+        inner_val = set(read_split_file(SPLITS / f"cv5_fold{k}_inner_val.txt"))
+        inner_train = set(read_split_file(SPLITS / f"cv5_fold{k}_inner_train.txt"))
+        assert len(inner_val) == 5 and inner_val <= train and inner_train == train - inner_val
+
+
+def test_the_residual_weight_is_chosen_on_the_inner_scenes_and_kept_in_the_fold_record(load_benchmark, tiny_cave_root,
+                                                                                      monkeypatch):
+    """Fake pipelines whose inner score peaks at weight 0.5 (0.25 and 0.75 tie below it): 0.5 is set on the fold's
+    own pipeline, the inner scores are recorded, and a kept record sets the weight with no inner model."""
+    crossval = load_benchmark("crossval")
+    from uldm.data import list_scenes
+
+    scenes = list_scenes(tiny_cave_root, "cave")
+    calls = []
+
+    class FakePipeline:
+        def __init__(self):
+            self.config = {}
+
+        def register_to_config(self, **kwargs):
+            self.config.update(kwargs)
+
+    def recipe(name):
+        def fit(train, camera, fold, kept=None, *, recipe, train_missing):
+            calls.append(name)
+            model = type("Model", (), {})()
+            model.pipeline = FakePipeline()
+            return model, {"pipeline": name}
+        return fit
+
+    def fake_evaluate(model, val, camera, **kwargs):
+        weight = model.pipeline.config["code_residual_weight"]
+        return type("Scores", (), {"per_scene": {p.name: {"psnr": 30 - abs(weight - 0.5)} for p in val}})()
+
+    monkeypatch.setitem(crossval.RECIPES, "fold-pipeline", recipe("fold-pipeline"))
+    monkeypatch.setitem(crossval.RECIPES, "inner-pipeline", recipe("inner-pipeline"))
+    monkeypatch.setattr(crossval, "evaluate", fake_evaluate)
+    monkeypatch.setattr(crossval, "inner_scenes", lambda train, fold: train[:2])
+    fit = crossval.weighted_residual("fold-pipeline", "inner-pipeline")
+    camera = crossval.CameraResponse.from_preset("nikon5100")
+    model, record = fit(scenes, camera, 0, recipe="weighted", train_missing=False)
+    assert model.pipeline.config["code_residual_weight"] == 0.5 == record["code_residual_weight"]
+    assert record["inner_psnr"] == {"0": 29.5, "0.25": 29.75, "0.5": 30.0, "0.75": 29.75, "1": 29.5}
+    assert calls == ["inner-pipeline", "fold-pipeline"]
+    tie = {"0": 29.0, "0.25": 29.9, "0.5": 29.5, "0.75": 29.9, "1": 28.0}
+    model, record = fit(scenes, camera, 0, {**record, "inner_psnr": tie}, recipe="weighted", train_missing=False)
+    assert record["code_residual_weight"] == 0.25 == model.pipeline.config["code_residual_weight"]  # ties: the smaller
+    assert calls == ["inner-pipeline", "fold-pipeline", "fold-pipeline"]

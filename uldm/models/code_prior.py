@@ -67,8 +67,10 @@ def code_to_residual(code: torch.Tensor, prior: Optional[torch.Tensor], scale: f
     return ((code - prior) * scale).clamp(-1, 1)
 
 
-def residual_to_code(residual: torch.Tensor, prior: Optional[torch.Tensor], scale: float) -> torch.Tensor:
-    """The inverse at inference: prior code + decoded residual / scale (the decoded image itself without a prior)."""
+def residual_to_code(residual: torch.Tensor, prior: Optional[torch.Tensor], scale: float,
+                     weight: float = 1.0) -> torch.Tensor:
+    """The inverse at inference: prior code + weight x decoded residual / scale (the decoded image itself without a
+    prior). A weight below 1 shrinks the generated residual toward the prior (0: the prior alone)."""
     if prior is None:
         return residual
-    return (prior + residual.to(prior.dtype) / scale).clamp(-1, 1)
+    return (prior + residual.to(prior.dtype) * (weight / scale)).clamp(-1, 1)
