@@ -499,7 +499,37 @@ def crossval_physical_table() -> str:
                   "scenes worse", "worst scene Δ (dB)"], rows)
 
 
+def crossval_weights_table() -> str:
+    """docs/results.md: per fold, the inner check that weights the generated residual (crossval.py's
+    `weighted_residual`): the inner model's mean PSNR on its 5 held-out training scenes at each weight, the weight
+    chosen, and what the fold's own val scenes then score with it, as trained (weight 1) and with the prior alone."""
+    folder = RESULTS / "crossval"
+    rows = []
+    for path in sorted((folder / "uldm-scene-mixture-weighted").glob("fold*.json")):
+        fold = json.loads(path.read_text())
+        record, name = fold["record"], path.name
+
+        def mean_psnr(recipe: str) -> str:
+            other = folder / recipe / name
+            if not other.exists():
+                return "-"
+            scores = json.loads(other.read_text())["per_scene"]
+            return f"{sum(row['psnr'] for row in scores.values()) / len(scores):.2f}"
+
+        inner = " / ".join(f"{psnr:.2f}" for psnr in record["inner_psnr"].values())
+        rows.append([str(fold["fold"]), inner, f"{record['code_residual_weight']:g}", mean_psnr(path.parent.name),
+                     mean_psnr("uldm-scene-mixture"), mean_psnr("uldm-scene-mixture-prior-only"),
+                     mean_psnr("regression")])
+    if not rows:
+        return "(no fold scored yet: `python benchmarks/crossval.py --recipe uldm-scene-mixture-weighted --train`)"
+    weights = " / ".join(json.loads(next((folder / "uldm-scene-mixture-weighted").glob("fold*.json")).read_text())
+                         ["record"]["inner_psnr"])
+    return _rows(["fold", f"inner PSNR at weight {weights} (dB)", "weight chosen", "fold's val: weighted (dB)",
+                  "weight 1 (dB)", "prior alone (dB)", "regression (dB)"], rows)
+
+
 TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
+    "crossval-weights": (REPO / "docs" / "results.md", crossval_weights_table),
     "crossval-partial": (REPO / "docs" / "results.md", crossval_partial_table),
     "crossval": (REPO / "docs" / "results.md", crossval_table),
     "crossval-scenes": (REPO / "docs" / "results.md", crossval_scenes_table),
@@ -526,7 +556,8 @@ TABLES: dict[str, tuple[Path, Callable[[], str]]] = {
 
 
 def block(name: str) -> re.Pattern:
-    return re.compile(rf"(<!-- table:{re.escape(name)}\b[^\n]*-->\n)(.*?)(<!-- /table:{re.escape(name)} -->)", re.S)
+    # the name ends at a space or the comment's end: "crossval" must not match "crossval-weights"
+    return re.compile(rf"(<!-- table:{re.escape(name)}(?=\s|-->)[^\n]*-->\n)(.*?)(<!-- /table:{re.escape(name)} -->)", re.S)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -74,6 +74,15 @@ def test_every_table_matches_its_json(load_benchmark):
     assert load_benchmark("docs_tables").main(["--check"]) == 0
 
 
+def test_a_table_block_is_found_by_its_whole_name(load_benchmark):
+    """A table whose name begins another's ("crossval", "crossval-weights") finds its own block, wherever each is."""
+    block = load_benchmark("docs_tables").block
+    text = ("<!-- table:crossval-weights (a) -->\nW\n<!-- /table:crossval-weights -->\n"
+            "<!-- table:crossval (b) -->\nC\n<!-- /table:crossval -->\n")
+    assert block("crossval").search(text)[2] == "C\n"
+    assert block("crossval-weights").search(text)[2] == "W\n"
+
+
 def test_every_config_key_is_documented():
     from uldm.stages.pretrain_rgb import RGBPretrainConfig
     from uldm.stages.pretrain_spaae import SpaAEConfig
