@@ -262,3 +262,25 @@ def test_a_model_shipped_for_the_srgb_observer_carries_it_and_becomes_the_defaul
         warnings.simplefilter("error", CameraMismatchWarning)
         assert main(["reconstruct", str(tmp_path / "photo.png"), "-o", str(tmp_path / "out"), "--steps", "1"]) == 0
     assert load_cube_attrs(tmp_path / "out" / "photo.h5")["camera_name"] == SRGB_OBSERVER
+
+
+def test_scoring_under_the_srgb_observer_gives_models_the_clipped_rgb_a_photo_records(tmp_path):
+    """A narrow-band cyan renders below 0 in linear sRGB (out of its gamut); evaluation hands models the RGB clipped
+    to [0, 1], as a photograph records it (pipelines refuse float RGB outside it), and rgb_error shows the clip."""
+    from uldm.evaluation import evaluate
+    from uldm.io import save_cube
+
+    cube = np.full((4, 4, 31), 0.02)
+    cube[:2, :, 9] = 1.0  # 490 nm alone: linear sRGB red < 0
+    assert SRGB.render(cube).min() < 0
+    save_cube(tmp_path / "cyan.h5", cube, WL, camera=SRGB)
+    seen = []
+
+    def reconstruct(rgb):
+        seen.append(rgb)
+        return np.full(rgb.shape[:2] + (31,), 0.02)
+
+    result = evaluate(reconstruct, [tmp_path / "cyan.h5"], SRGB, format="h5", progress=False)
+    assert seen[0].min() >= 0 and seen[0].max() <= 1
+    np.testing.assert_allclose(seen[0], np.clip(SRGB.render(cube), 0, 1), atol=1e-6)  # the cube is stored in float32
+    assert result.per_scene["cyan"]["rgb_error"] > 0

@@ -99,7 +99,9 @@ def _score_scene(reconstruct: Reconstruct, path, index: int, camera: CameraRespo
     from .metrics import evaluate_cube
 
     scene = read_scene(path, format=format, grid=camera.grid)
-    clean_rgb = camera.render(scene.cube)
+    # what a camera records lies in [0, 1]: the sRGB observer's negative lobes render some saturated spectra below 0
+    # (its linear sRGB is out of gamut there), and a photograph clips them; the flagged pixels show in rgb_error
+    clean_rgb = np.clip(camera.render(scene.cube), 0.0, 1.0)
     rgb = clean_rgb if degradation is None or degradation.is_identity else degradation(clean_rgb, seed=seed + index)
     start = time.perf_counter()
     prediction = np.asarray(reconstruct(rgb), dtype=np.float32)
