@@ -1,7 +1,9 @@
 """Make the bundled sample: a ColorChecker chart from colour-science's measured reflectances.
 
-Writes samples/colorchecker_truth.h5 (the 31-band ground truth) and samples/colorchecker.png (what a Nikon 5100
-sees of it under equal-energy light, sRGB-encoded 16-bit PNG). The data are public (N. Ohta's measurements as
+Writes samples/colorchecker_truth.h5 (the 31-band ground truth), samples/colorchecker.png (an sRGB photograph of
+it: what the sRGB observer sees, CIE 1931 under D65 with white at 1, sRGB-encoded 16-bit PNG; for checkpoints/uldm-srgb)
+and samples/colorchecker_nikon5100.png (what a Nikon 5100 sees of it, its linear RGB sRGB-encoded; for
+checkpoints/uldm-cave, read with --input-space srgb as written). The data are public (N. Ohta's measurements as
 shipped by colour-science), so the sample is freely redistributable. Run: python scripts/make_sample.py
 """
 
@@ -35,11 +37,15 @@ def chart_cube() -> np.ndarray:
 def main() -> None:
     out = Path(__file__).resolve().parent.parent / "samples"
     cube = chart_cube()
-    camera = CameraResponse.from_preset("nikon5100")
-    save_cube(out / "colorchecker_truth.h5", cube, DEFAULT_GRID.as_array(), camera=camera,
-              attrs={"source": "colour-science SDS_COLOURCHECKERS['ColorChecker N Ohta'], scripts/make_sample.py"})
-    save_png16(out / "colorchecker.png", linear_to_srgb(camera.render(cube)))
-    print(f"wrote {out / 'colorchecker.png'} and {out / 'colorchecker_truth.h5'}: {cube.shape}")
+    photo, nikon = CameraResponse.from_preset("srgb"), CameraResponse.from_preset("nikon5100")
+    save_cube(out / "colorchecker_truth.h5", cube, DEFAULT_GRID.as_array(), camera=photo,
+              attrs={"source": "colour-science SDS_COLOURCHECKERS['ColorChecker N Ohta'], scripts/make_sample.py",
+                     "renderings": "colorchecker.png: this camera (the sRGB observer); colorchecker_nikon5100.png: "
+                                   "Nikon 5100; both sRGB-encoded"})
+    save_png16(out / "colorchecker.png", linear_to_srgb(np.clip(photo.render(cube), 0, 1)))
+    save_png16(out / "colorchecker_nikon5100.png", linear_to_srgb(nikon.render(cube)))
+    print(f"wrote {out / 'colorchecker.png'}, {out / 'colorchecker_nikon5100.png'} and {out / 'colorchecker_truth.h5'}: "
+          f"{cube.shape}")
 
 
 if __name__ == "__main__":

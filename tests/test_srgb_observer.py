@@ -202,8 +202,14 @@ def test_info_names_the_camera_of_the_default_models_and_of_a_checkpoint(capsys,
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert SRGB_OBSERVER in out  # among the presets
-    assert "default model for --input-space srgb: " in out and "default model for --input-space linear: " in out
-    assert "camera Nikon 5100 (NPL); sRGB photos (--input-space srgb) get a CameraMismatchWarning" in out
+    shipped = REPO / "checkpoints"
+    assert f"default model for --input-space srgb: {shipped / 'uldm-srgb'} (camera {SRGB_OBSERVER})" in out
+    assert f"default model for --input-space linear: {shipped / 'uldm-cave'} (camera Nikon 5100 (NPL))" in out
+    import uldm.checkpoints
+
+    monkeypatch.setitem(uldm.checkpoints.DEFAULT_CHECKPOINTS, "srgb", ("uldm-cave",))  # as before uldm-srgb shipped
+    assert main(["info"]) == 0
+    assert "camera Nikon 5100 (NPL); sRGB photos (--input-space srgb) get a CameraMismatchWarning" in capsys.readouterr().out
     assert main(["info", "--checkpoint", str(BASELINE)]) == 0
     assert f"model: {BASELINE} (camera Nikon 5100 (NPL)" in capsys.readouterr().out
 
