@@ -347,7 +347,13 @@ def physical_spectra_table() -> str:
     """docs/results.md: what share of a photo's pixels get unphysical spectra, raw and made physical, per model,
     photo set and size (benchmarks/physical_spectra.py: as they are, and with --max-side 256)."""
     rows, full_size = [], _json("physical_spectra.json")
-    for data, size in ((full_size, "as they are"), (_json("physical_spectra_256.json"), "longer side 256")):
+    runs = [(full_size, "as they are"), (_json("physical_spectra_256.json"), "longer side 256")]
+    for name, size in (("physical_spectra_srgb.json", "as they are"),
+                       ("physical_spectra_srgb_256.json", "longer side 256")):
+        if (RESULTS / name).exists():  # the model for sRGB photos (`--models uldm-srgb`)
+            runs.append((_json(name), size))
+    larges = [data["large"] for data, _ in runs if data.get("large")]
+    for data, size in runs:
         for model, sets in data["results"].items():
             for name, row in sets.items():
                 if not isinstance(row, dict) or "raw" not in row:
@@ -358,10 +364,9 @@ def physical_spectra_table() -> str:
                              f"{raw['above_one']:.2f} % → {physical['above_one']:.2f} %", f"{raw['min']:.3f}",
                              f"{physical['out_of_gamut']:.2f} %", f"{physical['in_gamut_rgb_error']:.1e}",
                              f"+{row['projection_overhead_percent']:.1f} %"])
-    large = full_size.get("large")
-    if large:  # --large-megapixels: the ULDM's composition on one enlarged photo
+    for large in larges:  # --large-megapixels: the ULDM's composition on one enlarged photo
         height, width = large["size"]
-        rows.append(["ULDM", large["image"], f"{width} x {height}", "-", "-", "-", f"{large['out_of_gamut']:.2f} %",
+        rows.append([large.get("model", "ULDM"), large["image"], f"{width} x {height}", "-", "-", "-", f"{large['out_of_gamut']:.2f} %",
                      "-", f"+{large['projection_overhead_percent']:.1f} %"])
     return _rows(["model", "photos", "size", "band < -0.01 (raw → physical)", "band > 1.01 (raw → physical)",
                   "most negative (raw)", "out of gamut (flagged)", "in-gamut RGB error", "projection's cost"], rows)

@@ -14,7 +14,7 @@ the pipelines' default output. Per model and dataset, pooled over every pixel, r
 - "in-gamut RGB err": max |Φs − c| over the pixels not flagged (float64, against the linear RGB);
 - "s/image" of the raw model, and "proj. s" the projection's, with their ratio "+%".
 
-`--large-megapixels` also times the ULDM's composition at that size: the first photo, enlarged to that many
+`--large-megapixels` also times the (first asked for) ULDM's composition at that size: the first photo, enlarged to that many
 pixels (4:3 crop of its centre, bilinear), through the pipeline raw, then the projection of its output.
 """
 
@@ -36,7 +36,7 @@ from uldm.images import load_linear_rgb
 from uldm.io import save_json
 
 PHOTOS = CHECKPOINTS_DIR.parent.parent / "shared" / "data" / "rgb"
-MODELS = {"uldm": ("ULDM", "uldm-cave"), "mstpp": ("MST++", "mstpp-cave"), "r2hdiff": ("R2H-Diff", "r2hdiff-cave"),
+MODELS = {"uldm": ("ULDM", "uldm-cave"), "uldm-srgb": ("ULDM for sRGB photos", "uldm-srgb"), "mstpp": ("MST++", "mstpp-cave"), "r2hdiff": ("R2H-Diff", "r2hdiff-cave"),
           "baseline": ("root-polynomial regression", "baseline-rootpoly-nikon5100.npz")}
 COLUMNS = (("negative", "< -0.01", "{:.2f}%"), ("above_one", "> 1.01", "{:.2f}%"), ("min", "min", "{:.3f}"),
            ("out_of_gamut", "out of gamut", "{:.2f}%"), ("in_gamut_rgb_error", "in-gamut RGB err", "{:.1e}"))
@@ -118,9 +118,9 @@ def run_dataset(model, paths: list[Path], max_side: int) -> dict[str, Any]:
             "projection_overhead_percent": 100 * projection / seconds, "per_image": per_image}
 
 
-def run_large(megapixels: float, first_photo: Path) -> dict[str, Any]:
-    """The ULDM at its defaults on one enlarged photo: raw seconds and the projection's."""
-    model = load_reconstructor(CHECKPOINTS_DIR / MODELS["uldm"][1], physical=False)
+def run_large(megapixels: float, first_photo: Path, key: str = "uldm") -> dict[str, Any]:
+    """The ULDM `key` of MODELS at its defaults on one enlarged photo: raw seconds and the projection's."""
+    model = load_reconstructor(CHECKPOINTS_DIR / MODELS[key][1], physical=False)
     rgb = enlarged(linear_photo(first_photo, 0), megapixels)
     _, seconds, _, mask, projection = reconstruct(model, rgb)
     return {"image": f"{first_photo.name}, enlarged", "size": list(rgb.shape[:2]), "seconds": seconds,
@@ -169,9 +169,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               "results": results}
     print(table(results))
     if args.large_megapixels:
-        report["large"] = run_large(args.large_megapixels, next(iter(inputs.values()))[0])
+        key = next((key for key in args.models if key.startswith("uldm")), "uldm")  # the first ULDM asked for
+        report["large"] = {**run_large(args.large_megapixels, next(iter(inputs.values()))[0], key), "model": MODELS[key][0]}
         large = report["large"]
-        print(f"ULDM at {large['size'][1]} x {large['size'][0]}: {large['seconds']:.1f} s raw + "
+        print(f"{large['model']} at {large['size'][1]} x {large['size'][0]}: {large['seconds']:.1f} s raw + "
               f"{large['projection_seconds']:.1f} s projection (+{large['projection_overhead_percent']:.1f}%), "
               f"{large['out_of_gamut']:.2f}% out of gamut")
     save_json(report, args.json)
