@@ -289,6 +289,10 @@ COMPARISONS = (
     ("uldm-scene-mixture-seed1", "uldm-scene-mixture", "stage 2's seed (1 against 0): the seed spread"),
     ("uldm-scene-mixture-weighted", "uldm-scene-mixture", "the residual weighted by the inner check, against as trained"),
     ("uldm-scene-mixture-weighted", "uldm-scene-mixture-prior-only", "the weighted residual against the prior alone"),
+    ("uldm-scene-mixture-weighted", "uldm-b", "the weighted design against arm b (regression prior, as trained)"),
+    ("uldm-scene-mixture-weighted", "uldm-c", "the weighted design against the current recipe (arm c)"),
+    ("uldm-scene-mixture-weighted", "mstpp", "the weighted design against MST++"),
+    ("uldm-scene-mixture-weighted", "r2hdiff", "the weighted design against R2H-Diff"),
     ("uldm-scene-mixture", "mstpp", "the new design against MST++"),
     ("uldm-scene-mixture", "r2hdiff", "the new design against R2H-Diff"),
 )
