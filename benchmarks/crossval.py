@@ -282,6 +282,7 @@ DESCRIPTIONS = {
 COMPARISONS = (
     ("scene-mixture-sharp", "scene-mixture-nocontext-sharp", "the scene mixture's context path (unpenalised gate)"),
     ("scene-mixture", "scene-mixture-nocontext", "the scene mixture's context path (penalised gate)"),
+    ("uldm-c", "uldm-b", "the UNet's RGB pre-training on photographs (arm c against arm b)"),
     ("uldm-scene-mixture", "uldm-b", "the scene mixture as the ULDM's code prior, in place of the regression"),
     ("uldm-scene-mixture", "uldm-c", "the new design against the current recipe (arm c)"),
     ("uldm-scene-mixture", "uldm-scene-mixture-prior-only", "the diffusion's share, over the scene mixture prior"),
