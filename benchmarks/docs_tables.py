@@ -366,7 +366,8 @@ def physical_spectra_table() -> str:
                              f"+{row['projection_overhead_percent']:.1f} %"])
     for large in larges:  # --large-megapixels: the ULDM's composition on one enlarged photo
         height, width = large["size"]
-        rows.append([large.get("model", "ULDM"), large["image"], f"{width} x {height}", "-", "-", "-", f"{large['out_of_gamut']:.2f} %",
+        rows.append([large.get("model", "ULDM"), large["image"], f"{width} x {height}", "-", "-", "-",
+                     f"{large['out_of_gamut']:.2f} %",
                      "-", f"+{large['projection_overhead_percent']:.1f} %"])
     return _rows(["model", "photos", "size", "band < -0.01 (raw → physical)", "band > 1.01 (raw → physical)",
                   "most negative (raw)", "out of gamut (flagged)", "in-gamut RGB error", "projection's cost"], rows)
@@ -387,6 +388,11 @@ def _crossval_runs() -> list[dict[str, Any]]:
         raise FileNotFoundError(2, "missing", str(RESULTS / "crossval_regression.json"))
     names = [n for n in CROSSVAL_ORDER if n in found] + sorted(set(found) - set(CROSSVAL_ORDER))
     return [json.loads(found[name].read_text()) for name in names]
+
+
+def _mean_psnr(per_scene: dict[str, dict[str, float]]) -> float:
+    """The mean PSNR of a fold's {scene: metrics}."""
+    return sum(row["psnr"] for row in per_scene.values()) / len(per_scene)
 
 
 def _fit_cell(summary: dict[str, Any]) -> str:
@@ -435,7 +441,7 @@ def crossval_partial_table() -> str:
         for path in sorted((folder / recipe).glob("fold*.json")):
             fold = json.loads(path.read_text())
             base = json.loads((folder / "regression" / path.name).read_text())
-            mean = sum(row["psnr"] for row in fold["per_scene"].values()) / len(fold["per_scene"])
+            mean = _mean_psnr(fold["per_scene"])
             ref = sum(base["per_scene"][name]["psnr"] for name in fold["per_scene"]) / len(fold["per_scene"])
             won = sum(row["psnr"] > base["per_scene"][name]["psnr"] for name, row in fold["per_scene"].items())
             rows.append([f"`{recipe}`", str(fold["fold"]), ", ".join(_scene(n) for n in fold["per_scene"]),
@@ -509,26 +515,22 @@ def crossval_weights_table() -> str:
     `weighted_residual`): the inner model's mean PSNR on its 5 held-out training scenes at each weight, the weight
     chosen, and what the fold's own val scenes then score with it, as trained (weight 1) and with the prior alone."""
     folder = RESULTS / "crossval"
-    rows = []
+
+    def fold_mean(recipe: str, name: str) -> str:
+        path = folder / recipe / name
+        return f"{_mean_psnr(json.loads(path.read_text())['per_scene']):.2f}" if path.exists() else "-"
+
+    rows, weights = [], ""
     for path in sorted((folder / "uldm-scene-mixture-weighted").glob("fold*.json")):
         fold = json.loads(path.read_text())
         record, name = fold["record"], path.name
-
-        def mean_psnr(recipe: str) -> str:
-            other = folder / recipe / name
-            if not other.exists():
-                return "-"
-            scores = json.loads(other.read_text())["per_scene"]
-            return f"{sum(row['psnr'] for row in scores.values()) / len(scores):.2f}"
-
+        weights = " / ".join(record["inner_psnr"])
         inner = " / ".join(f"{psnr:.2f}" for psnr in record["inner_psnr"].values())
-        rows.append([str(fold["fold"]), inner, f"{record['code_residual_weight']:g}", mean_psnr(path.parent.name),
-                     mean_psnr("uldm-scene-mixture"), mean_psnr("uldm-scene-mixture-prior-only"),
-                     mean_psnr("regression")])
+        rows.append([str(fold["fold"]), inner, f"{record['code_residual_weight']:g}", fold_mean(path.parent.name, name),
+                     *(fold_mean(recipe, name) for recipe in ("uldm-scene-mixture", "uldm-scene-mixture-prior-only",
+                                                               "regression"))])
     if not rows:
         return "(no fold scored yet: `python benchmarks/crossval.py --recipe uldm-scene-mixture-weighted --train`)"
-    weights = " / ".join(json.loads(next((folder / "uldm-scene-mixture-weighted").glob("fold*.json")).read_text())
-                         ["record"]["inner_psnr"])
     return _rows(["fold", f"inner PSNR at weight {weights} (dB)", "weight chosen", "fold's val: weighted (dB)",
                   "weight 1 (dB)", "prior alone (dB)", "regression (dB)"], rows)
 

@@ -14,8 +14,9 @@ the pipelines' default output. Per model and dataset, pooled over every pixel, r
 - "in-gamut RGB err": max |Φs − c| over the pixels not flagged (float64, against the linear RGB);
 - "s/image" of the raw model, and "proj. s" the projection's, with their ratio "+%".
 
-`--large-megapixels` also times the (first asked for) ULDM's composition at that size: the first photo, enlarged to that many
-pixels (4:3 crop of its centre, bilinear), through the pipeline raw, then the projection of its output.
+`--large-megapixels` also times the composition of the first ULDM asked for at that size: the first photo, enlarged
+to that many pixels (4:3 crop of its centre, bilinear), through the pipeline raw, then the projection of its
+output.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from uldm.images import load_linear_rgb
 from uldm.io import save_json
 
 PHOTOS = CHECKPOINTS_DIR.parent.parent / "shared" / "data" / "rgb"
-MODELS = {"uldm": ("ULDM", "uldm-cave"), "uldm-srgb": ("ULDM for sRGB photos", "uldm-srgb"), "mstpp": ("MST++", "mstpp-cave"), "r2hdiff": ("R2H-Diff", "r2hdiff-cave"),
+MODELS = {"uldm": ("ULDM", "uldm-cave"), "uldm-srgb": ("ULDM for sRGB photos", "uldm-srgb"),
+          "mstpp": ("MST++", "mstpp-cave"), "r2hdiff": ("R2H-Diff", "r2hdiff-cave"),
           "baseline": ("root-polynomial regression", "baseline-rootpoly-nikon5100.npz")}
 COLUMNS = (("negative", "< -0.01", "{:.2f}%"), ("above_one", "> 1.01", "{:.2f}%"), ("min", "min", "{:.3f}"),
            ("out_of_gamut", "out of gamut", "{:.2f}%"), ("in_gamut_rgb_error", "in-gamut RGB err", "{:.1e}"))
@@ -170,7 +172,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(table(results))
     if args.large_megapixels:
         key = next((key for key in args.models if key.startswith("uldm")), "uldm")  # the first ULDM asked for
-        report["large"] = {**run_large(args.large_megapixels, next(iter(inputs.values()))[0], key), "model": MODELS[key][0]}
+        report["large"] = {**run_large(args.large_megapixels, next(iter(inputs.values()))[0], key),
+                           "model": MODELS[key][0]}
         large = report["large"]
         print(f"{large['model']} at {large['size'][1]} x {large['size'][0]}: {large['seconds']:.1f} s raw + "
               f"{large['projection_seconds']:.1f} s projection (+{large['projection_overhead_percent']:.1f}%), "

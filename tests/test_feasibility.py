@@ -215,3 +215,20 @@ def test_cli_reconstruct_stores_the_mask_and_raw_skips_the_projection(tmp_path):
     assert main(["reconstruct", str(tmp_path / "scene.png"), "-o", str(tmp_path / "raw"), "--checkpoint",
                  str(baseline), "--raw"]) == 0
     assert load_out_of_gamut(tmp_path / "raw" / "scene.h5") is None
+
+
+def test_the_benchmarks_projection_of_the_raw_output_is_the_uldm_pipelines_default_output(tiny_pipeline):
+    """benchmarks/physical_spectra.py times `pipelines.common.physical_spectra` on a pipeline's raw output as the
+    projection's cost; the ULDM pipeline projects inside its own composition: the two give the same spectra."""
+    from uldm.pipelines.common import physical_spectra
+
+    rgb = np.random.default_rng(0).uniform(0.05, 0.95, (16, 24, 3)).astype(np.float32)
+    rgb[:4] = [0.9, 0.02, 0.02]  # a saturated red band: the projection has work to do
+    call = dict(input_space="linear", show_progress_bar=False)
+    default = tiny_pipeline(rgb, generator=torch.Generator().manual_seed(0), **call)
+    raw = tiny_pipeline(rgb, generator=torch.Generator().manual_seed(0), physical=False, **call)
+    spectra, mask = physical_spectra(tiny_pipeline.camera, torch.from_numpy(raw.spectra).permute(0, 3, 1, 2).double(),
+                                     torch.from_numpy(rgb).permute(2, 0, 1)[None].double())
+    assert np.abs(raw.spectra - default.spectra).max() > 1e-3  # the raw estimate is not already physical
+    np.testing.assert_allclose(spectra.permute(0, 2, 3, 1).numpy(), default.spectra, atol=1e-5)
+    np.testing.assert_array_equal(mask.numpy(), default.out_of_gamut)
